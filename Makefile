@@ -1,0 +1,45 @@
+# Energy-Kart. Every target bootstraps what it needs on first use: a .venv on Python 3.13 and the
+# pinned node toolchain (anvil, solc). Later runs only check the stamps and go straight to work.
+SHELL := /bin/bash
+PYTHON_VERSION := 3.13
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP_PY := $(VENV)/.stamp
+STAMP_NODE := node_modules/.stamp
+PYTEST := $(PY) -m pytest
+HYPOTHESIS_EXAMPLES ?= 200
+
+.PHONY: demo test lint bench contracts bootstrap clean-env
+.DEFAULT_GOAL := test
+
+$(STAMP_PY): pyproject.toml constraints.txt scripts/bootstrap-venv.sh
+	scripts/bootstrap-venv.sh $(VENV)
+	@touch $@
+
+$(STAMP_NODE): package.json package-lock.json
+	@command -v npm >/dev/null || { echo "Node.js 20 + npm are needed for anvil and solc." >&2; exit 1; }
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+bootstrap: $(STAMP_PY) $(STAMP_NODE)
+
+contracts: $(STAMP_NODE)
+	node contracts/compile.mjs
+
+lint: $(STAMP_PY)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: bootstrap lint
+	HYPOTHESIS_EXAMPLES=$(HYPOTHESIS_EXAMPLES) $(PYTEST) -p no:homeassistant tests/contract tests/oracle
+	$(PYTEST) tests/ha
+
+bench: bootstrap
+	$(PY) bench/gas.py
+
+demo: bootstrap
+	@echo "make demo: not yet built (issue 5); make test and make bench work today."
+
+clean-env:
+	rm -rf $(VENV) node_modules

@@ -1,0 +1,905 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.28;
+
+/// @title Energy-Kart energy market
+/// @notice Peer-to-peer auctions of household solar surplus, delivered over a metered connection and
+/// paid per kWh from the buyer's escrow. Meter readings are EIP-712 messages signed by the meter
+/// itself, so whoever relays them (the oracle) cannot forge or alter them.
+/// @dev Offer and connection share one id and one record: a connection is an awarded offer.
+/// Every state-changing function costs the same whatever the number of offers, users or meters:
+/// lists are doubly linked through the records, and payments are derived from a meter's cumulative
+/// reading instead of being pushed on each reading, so an accepted reading writes one storage slot.
+contract EnergyMarket {
+    // ------------------------------------------------------------------ types
+
+    /// @notice Where an offer / connection record is in its life.
+    enum Status {
+        Bidding, // offer open for bids
+        Cancelled, // withdrawn by the seller before any bid
+        Expired, // bidding ended without a bid
+        Active, // connection open: the buyer draws energy
+        Closed, // the buyer closed it; readings up to the close settle during the grace window
+        Completed, // the cap was delivered
+        Released // closed and settled; the rest of the escrow went back to the buyer
+    }
+
+    /// @notice Why `settle` skipped a reading.
+    enum SkipReason {
+        None,
+        OutOfRange, // cumulativeWh or timestamp does not fit the contract's ranges
+        FutureTimestamp, // signed for a time after the current block (plus clock skew)
+        BadSignature, // malformed signature, or not signed by the meter it names
+        UnknownMeter, // never registered, or revoked
+        NotNewer // timestamp not after the last accepted one, or cumulative decreased (replay)
+    }
+
+    /// @notice A meter reading as the meter signs it (EIP-712 type `Reading`).
+    struct SignedReading {
+        address meter;
+        uint64 cumulativeWh;
+        uint64 timestamp;
+        uint8 v;
+        bytes32 r;
+        bytes32 s;
+    }
+
+    /// @dev One record per offer; the same record is the connection once awarded. Four slots.
+    struct Record {
+        // slot 0, written by createOffer
+        address seller;
+        uint32 energyWh; // the offer's energy, and the connection's cap
+        uint32 biddingEnds;
+        uint32 openPrev; // open-offers list
+        // slot 1, written by createOffer
+        uint72 price; // highest bid (wei per kWh), or 0 while there is none
+        uint72 startPrice;
+        Status status;
+        uint32 openNext;
+        uint32 sellerPrev; // seller's list
+        uint32 sellerNext;
+        // slot 2, written by bid
+        address buyer; // highest bidder, then the buyer
+        uint32 meterId;
+        uint32 buyerPrev; // buyer's list
+        uint32 buyerNext;
+        // slot 3, written when the connection queues behind another or ends
+        uint32 meterPrev; // the meter's queue of connections, oldest first
+        uint32 meterNext;
+        uint40 closedAt;
+        uint32 deliveredWh; // final delivered energy once Completed or Released
+        uint32 claimedWh; // energy already paid into the seller's credit
+        uint48 baselineWh; // the meter's reading at the award
+    }
+
+    /// @dev The one slot an accepted reading writes: the meter's last reading and the connection it
+    /// is filling (the head of its queue).
+    struct MeterState {
+        uint48 lastWh;
+        uint40 lastTs;
+        bool registered;
+        uint32 head;
+        uint48 headEndWh; // the cumulative reading at which the head connection is full
+        uint40 headClosedAt; // copy of the head's closedAt, 0 while open
+    }
+
+    struct MeterInfo {
+        address owner;
+        uint32 id;
+        uint32 tail; // newest connection in the meter's queue
+    }
+
+    /// @dev credit: withdrawable wei; bidEscrow: wei escrowed by the account's highest bids;
+    /// head: first id of the account's list of open offers and connections.
+    struct Account {
+        uint128 credit;
+        uint96 bidEscrow;
+        uint32 head;
+    }
+
+    struct Counters {
+        uint32 lastId;
+        uint32 openHead;
+        uint32 openTail;
+        uint32 openCount;
+        uint32 meterCount;
+    }
+
+    /// @notice An offer as an app shows it.
+    struct OfferView {
+        uint256 id;
+        address seller;
+        uint256 energyWh;
+        uint256 startPricePerKWh;
+        uint256 highestPricePerKWh; // 0 while there is no bid
+        address highestBidder;
+        uint256 biddingEnds;
+        uint256 minNextBidPerKWh;
+        Status status;
+    }
+
+    /// @notice A connection as an app shows it, with its delivery and payment up to the last reading.
+    struct ConnectionView {
+        uint256 id;
+        address seller;
+        address buyer;
+        address meter;
+        uint256 pricePerKWh;
+        uint256 capWh;
+        uint256 deliveredWh;
+        uint256 escrowWei; // the buyer's escrow left in the connection
+        uint256 paidWei; // paid to the seller so far (claimed or not)
+        uint256 closedAt;
+        Status status;
+        bool delivering; // the meter is filling this connection now
+    }
+
+    struct MeterView {
+        address owner;
+        uint256 id;
+        bool registered;
+        uint256 lastWh;
+        uint256 lastTimestamp;
+        uint256 fillingConnection;
+    }
+
+    // ------------------------------------------------------------------ constants
+
+    /// @notice ERC-165 id that identifies an Energy-Kart market, version 1.
+    bytes4 public constant MARKET_INTERFACE_ID = bytes4(keccak256("EnergyKart.EnergyMarket.v1"));
+    bytes4 private constant _ERC165_ID = 0x01ffc9a7;
+    string private constant _NAME = "Energy-Kart";
+    string private constant _VERSION = "1";
+    bytes32 private constant _DOMAIN_TYPEHASH =
+        keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
+    /// @notice EIP-712 type hash of a meter reading.
+    bytes32 public constant READING_TYPEHASH =
+        keccak256("Reading(address meter,uint64 cumulativeWh,uint64 timestamp)");
+    uint256 private constant _HALF_CURVE_ORDER = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0;
+    /// @notice The longest bidding period an offer may ask for.
+    uint256 public constant MAX_BIDDING_SECONDS = 30 days;
+    /// @notice How far ahead of the block a reading's timestamp may be (meter clocks drift).
+    uint256 public constant MAX_CLOCK_SKEW = 5 minutes;
+
+    /// @notice Settlement period in seconds; also the grace window after a close.
+    uint256 public immutable timestep;
+    /// @notice A bid must exceed the highest one by at least this much (wei per kWh).
+    uint256 public immutable minBidIncrement;
+
+    uint256 private immutable _cachedChainId;
+    bytes32 private immutable _cachedDomainSeparator;
+
+    // ------------------------------------------------------------------ storage
+
+    address public registrar;
+    Counters private _counters;
+    mapping(uint256 id => Record) private _records;
+    mapping(address meter => MeterState) private _meterState;
+    mapping(address meter => MeterInfo) private _meterInfo;
+    mapping(uint256 meterId => address meter) private _meterKey;
+    mapping(address account => Account) private _accounts;
+    bool private transient _locked;
+
+    // ------------------------------------------------------------------ events
+
+    /// @notice The registrar role moved.
+    event RegistrarTransferred(address indexed previousRegistrar, address indexed newRegistrar);
+    /// @notice A meter was registered to an owner.
+    event MeterRegistered(address indexed meter, address indexed owner, uint256 meterId);
+    /// @notice A meter was revoked; its readings are skipped from now on.
+    event MeterRevoked(address indexed meter);
+    /// @notice A seller offered energy.
+    event OfferCreated(
+        uint256 indexed id, address indexed seller, uint256 energyWh, uint256 startPricePerKWh, uint256 biddingEnds
+    );
+    /// @notice The seller withdrew an offer that had no bid.
+    event OfferCancelled(uint256 indexed id);
+    /// @notice A bid became the highest; `escrowWei` was locked with it.
+    event BidPlaced(
+        uint256 indexed id, address indexed bidder, address meter, uint256 pricePerKWh, uint256 escrowWei
+    );
+    /// @notice A bidder was outbid; their escrow became withdrawable credit.
+    event Outbid(uint256 indexed id, address indexed bidder, uint256 refundWei);
+    /// @notice Bidding ended without a bid.
+    event OfferExpired(uint256 indexed id);
+    /// @notice An offer was awarded: a connection opened between seller and buyer.
+    event ConnectionOpened(
+        uint256 indexed id,
+        address indexed seller,
+        address indexed buyer,
+        address meter,
+        uint256 pricePerKWh,
+        uint256 capWh,
+        uint256 baselineWh
+    );
+    /// @notice A reading was accepted and its energy billed to the meter's connections.
+    event ReadingAccepted(address indexed meter, uint256 cumulativeWh, uint256 timestamp);
+    /// @notice A reading in a batch was skipped; the rest of the batch went on.
+    event ReadingSkipped(address indexed meter, uint256 cumulativeWh, uint256 timestamp, SkipReason reason);
+    /// @notice Payment for delivered energy moved from the buyer's escrow into the seller's credit.
+    event PaymentClaimed(uint256 indexed id, address indexed seller, uint256 deliveredWh, uint256 amountWei);
+    /// @notice The buyer closed a connection.
+    event ConnectionClosed(uint256 indexed id, address indexed buyer, uint256 closedAt);
+    /// @notice A connection ended: delivered its cap (`completed`) or was released after a close.
+    event ConnectionEnded(
+        uint256 indexed id, uint256 deliveredWh, uint256 paidWei, uint256 refundWei, bool completed
+    );
+    /// @notice Credit was paid out.
+    event Withdrawn(address indexed account, uint256 amountWei);
+
+    // ------------------------------------------------------------------ errors
+
+    error NotRegistrar(address caller);
+    error ZeroAddress();
+    error MeterAlreadyRegistered(address meter);
+    error MeterNotRegistered(address meter);
+    error InvalidEnergy(uint256 energyWh);
+    error InvalidPrice(uint256 pricePerKWh);
+    error InvalidBiddingTime(uint256 biddingSeconds, uint256 maxSeconds);
+    error UnknownOffer(uint256 id);
+    error WrongStatus(uint256 id, Status status);
+    error BiddingOver(uint256 id, uint256 biddingEnds);
+    error BiddingNotOver(uint256 id, uint256 biddingEnds);
+    error BidTooLow(uint256 minPricePerKWh);
+    error WrongEscrow(uint256 requiredWei, uint256 sentWei);
+    error NotMeterOwner(address meter, address owner);
+    error SelfTrade();
+    error NotSeller(uint256 id);
+    error NotBuyer(uint256 id);
+    error OfferHasBids(uint256 id);
+    error GraceNotOver(uint256 id, uint256 releasableAt);
+    error NothingToWithdraw();
+    error TransferFailed(address to, uint256 amountWei);
+    error Reentrancy();
+
+    // ------------------------------------------------------------------ modifiers
+
+    modifier onlyRegistrar() {
+        if (msg.sender != registrar) revert NotRegistrar(msg.sender);
+        _;
+    }
+
+    modifier nonReentrant() {
+        if (_locked) revert Reentrancy();
+        _locked = true;
+        _;
+        _locked = false;
+    }
+
+    /// @param registrar_ the meter operator allowed to register and revoke meters
+    /// @param timestep_ settlement period and grace window, in seconds
+    /// @param minBidIncrement_ minimal step between bids, in wei per kWh
+    constructor(address registrar_, uint256 timestep_, uint256 minBidIncrement_) {
+        if (registrar_ == address(0)) revert ZeroAddress();
+        registrar = registrar_;
+        timestep = timestep_;
+        minBidIncrement = minBidIncrement_;
+        _cachedChainId = block.chainid;
+        _cachedDomainSeparator = _buildDomainSeparator();
+        emit RegistrarTransferred(address(0), registrar_);
+    }
+
+    // ------------------------------------------------------------------ identity
+
+    /// @notice ERC-165: true for ERC-165 itself and for `MARKET_INTERFACE_ID`.
+    function supportsInterface(bytes4 interfaceId) external pure returns (bool) {
+        return interfaceId == _ERC165_ID || interfaceId == MARKET_INTERFACE_ID;
+    }
+
+    /// @notice ERC-5267: the EIP-712 domain that meters sign readings for.
+    function eip712Domain()
+        external
+        view
+        returns (
+            bytes1 fields,
+            string memory name,
+            string memory version,
+            uint256 chainId,
+            address verifyingContract,
+            bytes32 salt,
+            uint256[] memory extensions
+        )
+    {
+        return (hex"0f", _NAME, _VERSION, block.chainid, address(this), bytes32(0), new uint256[](0));
+    }
+
+    /// @notice The EIP-712 domain separator for this chain and contract.
+    function domainSeparator() public view returns (bytes32) {
+        return block.chainid == _cachedChainId ? _cachedDomainSeparator : _buildDomainSeparator();
+    }
+
+    // ------------------------------------------------------------------ registrar
+
+    /// @notice Hand the registrar role to another account.
+    function transferRegistrar(address newRegistrar) external onlyRegistrar {
+        if (newRegistrar == address(0)) revert ZeroAddress();
+        emit RegistrarTransferred(registrar, newRegistrar);
+        registrar = newRegistrar;
+    }
+
+    /// @notice Register `meter` (the key the meter signs with) to `owner`. A revoked meter can be
+    /// registered again; its last reading is kept, so old readings cannot be replayed.
+    function registerMeter(address meter, address owner) external onlyRegistrar {
+        if (meter == address(0) || owner == address(0)) revert ZeroAddress();
+        MeterState storage st = _meterState[meter];
+        if (st.registered) revert MeterAlreadyRegistered(meter);
+        MeterInfo storage info = _meterInfo[meter];
+        uint32 id = info.id;
+        if (id == 0) {
+            id = ++_counters.meterCount;
+            info.id = id;
+            _meterKey[id] = meter;
+        }
+        info.owner = owner;
+        st.registered = true;
+        emit MeterRegistered(meter, owner, id);
+    }
+
+    /// @notice Revoke `meter`: its readings are skipped and it can no longer back a bid.
+    /// Open connections on it can still be closed and released by their buyer.
+    function revokeMeter(address meter) external onlyRegistrar {
+        MeterState storage st = _meterState[meter];
+        if (!st.registered) revert MeterNotRegistered(meter);
+        st.registered = false;
+        _meterInfo[meter].owner = address(0);
+        emit MeterRevoked(meter);
+    }
+
+    // ------------------------------------------------------------------ offers
+
+    /// @notice Offer `energyWh` of energy, bids starting at `startPricePerKWh` wei per kWh, open
+    /// for `biddingSeconds`.
+    /// @return id the offer id (also the connection id once awarded)
+    function createOffer(uint256 energyWh, uint256 startPricePerKWh, uint256 biddingSeconds)
+        external
+        returns (uint256 id)
+    {
+        if (energyWh == 0 || energyWh > type(uint32).max) revert InvalidEnergy(energyWh);
+        if (startPricePerKWh == 0 || startPricePerKWh > type(uint72).max) revert InvalidPrice(startPricePerKWh);
+        if (biddingSeconds == 0 || biddingSeconds > MAX_BIDDING_SECONDS) {
+            revert InvalidBiddingTime(biddingSeconds, MAX_BIDDING_SECONDS);
+        }
+        Counters memory c = _counters;
+        uint32 newId = ++c.lastId;
+        uint32 ends = uint32(block.timestamp + biddingSeconds);
+        Account storage acct = _accounts[msg.sender];
+        uint32 sellerNext = acct.head;
+
+        Record storage rec = _records[newId];
+        rec.seller = msg.sender;
+        rec.energyWh = uint32(energyWh);
+        rec.biddingEnds = ends;
+        rec.openPrev = c.openTail;
+        rec.startPrice = uint72(startPricePerKWh);
+        rec.sellerNext = sellerNext;
+
+        if (c.openTail == 0) c.openHead = newId;
+        else _records[c.openTail].openNext = newId;
+        c.openTail = newId;
+        ++c.openCount;
+        _counters = c;
+
+        if (sellerNext != 0) _setPrev(sellerNext, msg.sender, newId);
+        acct.head = newId;
+
+        emit OfferCreated(newId, msg.sender, energyWh, startPricePerKWh, ends);
+        return newId;
+    }
+
+    /// @notice Withdraw an offer that has no bid yet. Only its seller can.
+    function cancelOffer(uint256 id) external {
+        Record storage rec = _existing(id);
+        if (rec.seller != msg.sender) revert NotSeller(id);
+        if (rec.status != Status.Bidding) revert WrongStatus(id, rec.status);
+        if (rec.buyer != address(0)) revert OfferHasBids(id);
+        rec.status = Status.Cancelled;
+        _removeOpen(rec);
+        _unlink(uint32(id), rec.seller);
+        emit OfferCancelled(id);
+    }
+
+    /// @notice Bid `pricePerKWh` wei per kWh on offer `id`, for delivery to `meter` (owned by the
+    /// bidder). Send exactly `escrowFor(id, pricePerKWh)` wei. The previous highest bidder's escrow
+    /// becomes their withdrawable credit.
+    function bid(uint256 id, uint256 pricePerKWh, address meter) external payable {
+        Record storage rec = _existing(id);
+        if (rec.status != Status.Bidding) revert WrongStatus(id, rec.status);
+        if (block.timestamp >= rec.biddingEnds) revert BiddingOver(id, rec.biddingEnds);
+        if (rec.seller == msg.sender) revert SelfTrade();
+        uint256 minPrice = _minNextBid(rec);
+        if (pricePerKWh < minPrice) revert BidTooLow(minPrice);
+        if (pricePerKWh > type(uint72).max) revert InvalidPrice(pricePerKWh);
+        uint256 required = _escrow(pricePerKWh, rec.energyWh);
+        if (msg.value != required) revert WrongEscrow(required, msg.value);
+        MeterInfo storage info = _meterInfo[meter];
+        if (info.owner != msg.sender) revert NotMeterOwner(meter, info.owner);
+
+        address previous = rec.buyer;
+        if (previous != address(0)) {
+            uint256 refund = _escrow(rec.price, rec.energyWh);
+            Account storage prev = _accounts[previous];
+            prev.bidEscrow -= uint96(refund);
+            prev.credit += uint128(refund);
+            emit Outbid(id, previous, refund);
+        }
+        rec.price = uint72(pricePerKWh);
+        rec.buyer = msg.sender;
+        rec.meterId = info.id;
+        _accounts[msg.sender].bidEscrow += uint96(required);
+        emit BidPlaced(id, msg.sender, meter, pricePerKWh, required);
+    }
+
+    /// @notice After bidding ends, award offer `id` to its highest bidder (opening a connection),
+    /// or expire it when nobody bid. Anyone can call it; the oracle's keeper does.
+    function finalize(uint256 id) external {
+        Record storage rec = _existing(id);
+        if (rec.status != Status.Bidding) revert WrongStatus(id, rec.status);
+        if (block.timestamp < rec.biddingEnds) revert BiddingNotOver(id, rec.biddingEnds);
+        uint32 id32 = uint32(id);
+        _removeOpen(rec);
+        address buyer = rec.buyer;
+        if (buyer == address(0)) {
+            rec.status = Status.Expired;
+            _unlink(id32, rec.seller);
+            emit OfferExpired(id);
+            return;
+        }
+        rec.status = Status.Active;
+
+        Account storage acct = _accounts[buyer];
+        acct.bidEscrow -= uint96(_escrow(rec.price, rec.energyWh));
+        uint32 buyerNext = acct.head;
+        rec.buyerNext = buyerNext;
+        if (buyerNext != 0) _setPrev(buyerNext, buyer, id32);
+        acct.head = id32;
+
+        address meter = _meterKey[rec.meterId];
+        MeterState storage st = _meterState[meter];
+        MeterInfo storage info = _meterInfo[meter];
+        uint48 baseline = st.lastWh;
+        uint32 tail = info.tail;
+        if (tail == 0) {
+            st.head = id32;
+            st.headEndWh = baseline + rec.energyWh;
+            st.headClosedAt = 0;
+        } else {
+            Record storage last = _records[tail];
+            last.meterNext = id32;
+            rec.meterPrev = tail;
+            rec.baselineWh = baseline;
+        }
+        info.tail = id32;
+        emit ConnectionOpened(id, rec.seller, buyer, meter, rec.price, rec.energyWh, baseline);
+    }
+
+    // ------------------------------------------------------------------ delivery
+
+    /// @notice Settle a batch of signed meter readings. Each valid reading bills the meter's new
+    /// energy to its open connections, oldest first, up to each cap. An invalid reading is skipped
+    /// with a `ReadingSkipped` event; it never reverts the batch. Anyone can relay readings.
+    /// @return accepted how many readings were accepted
+    function settle(SignedReading[] calldata readings) external returns (uint256 accepted) {
+        bytes32 separator = domainSeparator();
+        uint256 n = readings.length;
+        for (uint256 i; i < n; ++i) {
+            SignedReading calldata rd = readings[i];
+            SkipReason reason = _applyReading(rd, separator);
+            if (reason == SkipReason.None) {
+                ++accepted;
+                emit ReadingAccepted(rd.meter, rd.cumulativeWh, rd.timestamp);
+            } else {
+                emit ReadingSkipped(rd.meter, rd.cumulativeWh, rd.timestamp, reason);
+            }
+        }
+    }
+
+    /// @notice The buyer stops drawing power. Readings timestamped up to now still settle during
+    /// the grace window (one timestep); then `release` returns the rest of the escrow.
+    function closeConnection(uint256 id) external {
+        Record storage rec = _existing(id);
+        if (rec.buyer != msg.sender || rec.status < Status.Active) revert NotBuyer(id);
+        if (rec.status != Status.Active) revert WrongStatus(id, rec.status);
+        rec.status = Status.Closed;
+        rec.closedAt = uint40(block.timestamp);
+        MeterState storage st = _meterState[_meterKey[rec.meterId]];
+        if (st.head == uint32(id)) st.headClosedAt = uint40(block.timestamp);
+        emit ConnectionClosed(id, msg.sender, block.timestamp);
+    }
+
+    /// @notice After the grace window of a closed connection, pay the seller for the energy
+    /// delivered up to the close and return the rest of the escrow to the buyer as credit.
+    /// Anyone can call it; the oracle's keeper does.
+    function release(uint256 id) external {
+        Record storage rec = _existing(id);
+        if (rec.status != Status.Closed) revert WrongStatus(id, rec.status);
+        uint256 releasableAt = uint256(rec.closedAt) + timestep;
+        if (block.timestamp <= releasableAt) revert GraceNotOver(id, releasableAt);
+        address meter = _meterKey[rec.meterId];
+        MeterState memory st = _meterState[meter];
+        if (st.head == uint32(id)) {
+            _endHead(st, meter, false);
+            _meterState[meter] = st;
+        } else {
+            // Still queued behind another connection: it never received energy.
+            _dequeue(rec, meter);
+            _end(uint32(id), rec, 0, Status.Released);
+        }
+    }
+
+    /// @notice Move the payment for energy delivered so far on connection `id` into the seller's
+    /// credit. Anyone can call it; `withdraw` does it for the caller's own connections.
+    function claim(uint256 id) external {
+        Record storage rec = _existing(id);
+        if (rec.status != Status.Active && rec.status != Status.Closed) revert WrongStatus(id, rec.status);
+        _claim(uint32(id), rec);
+    }
+
+    /// @notice Pay out the caller's credit, including payment for energy already delivered on the
+    /// caller's open connections as seller.
+    function withdraw() external nonReentrant {
+        uint32 cursor = _accounts[msg.sender].head;
+        while (cursor != 0) {
+            Record storage rec = _records[cursor];
+            if (rec.seller == msg.sender) {
+                if (rec.status == Status.Active || rec.status == Status.Closed) _claim(cursor, rec);
+                cursor = rec.sellerNext;
+            } else {
+                cursor = rec.buyerNext;
+            }
+        }
+        Account storage acct = _accounts[msg.sender];
+        uint256 amount = acct.credit;
+        if (amount == 0) revert NothingToWithdraw();
+        acct.credit = 0;
+        emit Withdrawn(msg.sender, amount);
+        (bool ok,) = msg.sender.call{value: amount}("");
+        if (!ok) revert TransferFailed(msg.sender, amount);
+    }
+
+    // ------------------------------------------------------------------ views
+
+    /// @notice Wei to send with a bid of `pricePerKWh` on offer `id`: price × energy / 1000, rounded up.
+    function escrowFor(uint256 id, uint256 pricePerKWh) external view returns (uint256) {
+        return _escrow(pricePerKWh, _existing(id).energyWh);
+    }
+
+    /// @notice The lowest price per kWh the next bid on offer `id` may have.
+    function minNextBid(uint256 id) external view returns (uint256) {
+        return _minNextBid(_existing(id));
+    }
+
+    /// @notice The highest offer id so far (ids start at 1).
+    function lastOfferId() external view returns (uint256) {
+        return _counters.lastId;
+    }
+
+    /// @notice How many offers are open for bids.
+    function openOfferCount() external view returns (uint256) {
+        return _counters.openCount;
+    }
+
+    /// @notice Offer `id`.
+    function getOffer(uint256 id) public view returns (OfferView memory) {
+        Record storage rec = _existing(id);
+        return OfferView({
+            id: id,
+            seller: rec.seller,
+            energyWh: rec.energyWh,
+            startPricePerKWh: rec.startPrice,
+            highestPricePerKWh: rec.price,
+            highestBidder: rec.buyer,
+            biddingEnds: rec.biddingEnds,
+            minNextBidPerKWh: _minNextBid(rec),
+            status: rec.status
+        });
+    }
+
+    /// @notice A page of open offers, oldest first, starting after `afterId` (0 = from the start).
+    /// @return page up to `limit` offers
+    /// @return nextAfterId pass it as `afterId` for the next page; 0 when there is none
+    function openOffers(uint256 afterId, uint256 limit)
+        external
+        view
+        returns (OfferView[] memory page, uint256 nextAfterId)
+    {
+        uint32 cursor;
+        if (afterId == 0) {
+            cursor = _counters.openHead;
+        } else {
+            Record storage from = _existing(afterId);
+            if (from.status != Status.Bidding) revert WrongStatus(afterId, from.status);
+            cursor = from.openNext;
+        }
+        uint256 count = _counters.openCount;
+        page = new OfferView[](limit < count ? limit : count);
+        uint256 n;
+        while (cursor != 0 && n < page.length) {
+            page[n++] = getOffer(cursor);
+            cursor = _records[cursor].openNext;
+        }
+        assembly {
+            mstore(page, n)
+        }
+        nextAfterId = cursor == 0 || n == 0 ? 0 : page[n - 1].id;
+    }
+
+    /// @notice Connection `id` (an awarded offer) with its delivery and payment so far.
+    function getConnection(uint256 id) external view returns (ConnectionView memory cv) {
+        Record storage rec = _existing(id);
+        if (rec.status < Status.Active) revert WrongStatus(id, rec.status);
+        address meter = _meterKey[rec.meterId];
+        uint256 delivered = _deliveredNow(uint32(id), rec, meter);
+        uint256 paid = _pay(rec.price, delivered);
+        bool ended = rec.status >= Status.Completed;
+        cv = ConnectionView({
+            id: id,
+            seller: rec.seller,
+            buyer: rec.buyer,
+            meter: meter,
+            pricePerKWh: rec.price,
+            capWh: rec.energyWh,
+            deliveredWh: delivered,
+            escrowWei: ended ? 0 : _escrow(rec.price, rec.energyWh) - paid,
+            paidWei: paid,
+            closedAt: rec.closedAt,
+            status: rec.status,
+            delivering: !ended && _meterState[meter].head == uint32(id)
+        });
+    }
+
+    /// @notice Wei the account can withdraw now (credit plus unclaimed payment for delivered energy).
+    function creditOf(address account) public view returns (uint256 credit) {
+        credit = _accounts[account].credit;
+        uint32 cursor = _accounts[account].head;
+        while (cursor != 0) {
+            Record storage rec = _records[cursor];
+            if (rec.seller == account) {
+                if (rec.status == Status.Active || rec.status == Status.Closed) {
+                    uint256 delivered = _deliveredNow(cursor, rec, _meterKey[rec.meterId]);
+                    credit += _pay(rec.price, delivered) - _pay(rec.price, rec.claimedWh);
+                }
+                cursor = rec.sellerNext;
+            } else {
+                cursor = rec.buyerNext;
+            }
+        }
+    }
+
+    /// @notice Wei of the account's held in escrow: its highest bids and what is left of its
+    /// connections' escrow after paying for the energy delivered.
+    function escrowOf(address account) public view returns (uint256 escrow) {
+        escrow = _accounts[account].bidEscrow;
+        uint32 cursor = _accounts[account].head;
+        while (cursor != 0) {
+            Record storage rec = _records[cursor];
+            if (rec.seller == account) {
+                cursor = rec.sellerNext;
+            } else {
+                uint256 delivered = _deliveredNow(cursor, rec, _meterKey[rec.meterId]);
+                escrow += _escrow(rec.price, rec.energyWh) - _pay(rec.price, delivered);
+                cursor = rec.buyerNext;
+            }
+        }
+    }
+
+    /// @notice The account's open offers and connections (as seller or buyer), newest first.
+    function openIdsOf(address account) public view returns (uint256[] memory ids) {
+        uint256 n;
+        uint32 cursor = _accounts[account].head;
+        while (cursor != 0) {
+            ++n;
+            Record storage rec = _records[cursor];
+            cursor = rec.seller == account ? rec.sellerNext : rec.buyerNext;
+        }
+        ids = new uint256[](n);
+        cursor = _accounts[account].head;
+        for (uint256 i; i < n; ++i) {
+            ids[i] = cursor;
+            Record storage rec = _records[cursor];
+            cursor = rec.seller == account ? rec.sellerNext : rec.buyerNext;
+        }
+    }
+
+    /// @notice Credit, escrow and open ids of an account in one call.
+    function accountOf(address account)
+        external
+        view
+        returns (uint256 credit, uint256 escrow, uint256[] memory openIds)
+    {
+        return (creditOf(account), escrowOf(account), openIdsOf(account));
+    }
+
+    /// @notice A meter's registration and last accepted reading.
+    function meterOf(address meter) external view returns (MeterView memory) {
+        MeterState storage st = _meterState[meter];
+        MeterInfo storage info = _meterInfo[meter];
+        return MeterView({
+            owner: info.owner,
+            id: info.id,
+            registered: st.registered,
+            lastWh: st.lastWh,
+            lastTimestamp: st.lastTs,
+            fillingConnection: st.head
+        });
+    }
+
+    // ------------------------------------------------------------------ internals
+
+    function _buildDomainSeparator() private view returns (bytes32) {
+        return keccak256(
+            abi.encode(_DOMAIN_TYPEHASH, keccak256(bytes(_NAME)), keccak256(bytes(_VERSION)), block.chainid, address(this))
+        );
+    }
+
+    function _existing(uint256 id) private view returns (Record storage rec) {
+        rec = _records[id];
+        if (rec.seller == address(0)) revert UnknownOffer(id);
+    }
+
+    function _escrow(uint256 pricePerKWh, uint256 energyWh) private pure returns (uint256) {
+        return (pricePerKWh * energyWh + 999) / 1000;
+    }
+
+    function _pay(uint256 pricePerKWh, uint256 deliveredWh) private pure returns (uint256) {
+        return (pricePerKWh * deliveredWh) / 1000;
+    }
+
+    function _minNextBid(Record storage rec) private view returns (uint256) {
+        return rec.buyer == address(0) ? rec.startPrice : uint256(rec.price) + minBidIncrement;
+    }
+
+    /// @dev Checks one reading and, when valid, applies it. Never reverts on bad input.
+    function _applyReading(SignedReading calldata rd, bytes32 separator) private returns (SkipReason) {
+        uint256 wh = rd.cumulativeWh;
+        uint256 ts = rd.timestamp;
+        if (wh > type(uint48).max || ts > type(uint40).max) return SkipReason.OutOfRange;
+        if (ts > block.timestamp + MAX_CLOCK_SKEW) return SkipReason.FutureTimestamp;
+        address meter = rd.meter;
+        if (uint256(rd.s) > _HALF_CURVE_ORDER || (rd.v != 27 && rd.v != 28)) return SkipReason.BadSignature;
+        bytes32 digest = keccak256(
+            abi.encodePacked(hex"1901", separator, keccak256(abi.encode(READING_TYPEHASH, meter, wh, ts)))
+        );
+        address signer = ecrecover(digest, rd.v, rd.r, rd.s);
+        if (signer == address(0) || signer != meter) return SkipReason.BadSignature;
+
+        MeterState memory st = _meterState[meter];
+        if (!st.registered) return SkipReason.UnknownMeter;
+        if (ts <= st.lastTs || wh < st.lastWh) return SkipReason.NotNewer;
+
+        while (st.head != 0) {
+            if (st.headClosedAt != 0 && (ts > st.headClosedAt || block.timestamp > st.headClosedAt + timestep)) {
+                // Energy of this reading was drawn after the close, or came after the grace window.
+                _endHead(st, meter, false);
+            } else if (wh >= st.headEndWh) {
+                _endHead(st, meter, true);
+            } else {
+                break;
+            }
+        }
+        st.lastWh = uint48(wh);
+        st.lastTs = uint40(ts);
+        _meterState[meter] = st;
+        return SkipReason.None;
+    }
+
+    /// @dev Ends the head connection of `st` (completed at its cap, or released at the meter's
+    /// last reading) and makes the next queued connection the head. Updates `st` in memory.
+    function _endHead(MeterState memory st, address meter, bool completed) private {
+        uint32 id = st.head;
+        Record storage rec = _records[id];
+        uint256 cap = rec.energyWh;
+        uint256 start = st.headEndWh - cap;
+        uint256 endWh = completed ? st.headEndWh : (st.lastWh > start ? st.lastWh : start);
+        _end(id, rec, endWh - start, completed ? Status.Completed : Status.Released);
+
+        uint32 next = rec.meterNext;
+        st.head = next;
+        if (next == 0) {
+            _meterInfo[meter].tail = 0;
+            st.headEndWh = 0;
+            st.headClosedAt = 0;
+        } else {
+            Record storage nrec = _records[next];
+            nrec.meterPrev = 0;
+            uint256 nstart = nrec.baselineWh > endWh ? nrec.baselineWh : endWh;
+            st.headEndWh = uint48(nstart + nrec.energyWh);
+            st.headClosedAt = nrec.status == Status.Closed ? nrec.closedAt : 0;
+        }
+    }
+
+    /// @dev Final accounting of a connection: pays the seller for `deliveredWh`, returns the rest of
+    /// the escrow to the buyer, and drops the id from both accounts' lists.
+    function _end(uint32 id, Record storage rec, uint256 deliveredWh, Status status) private {
+        uint256 price = rec.price;
+        uint256 paid = _pay(price, deliveredWh);
+        uint256 sellerShare = paid - _pay(price, rec.claimedWh);
+        uint256 refund = _escrow(price, rec.energyWh) - paid;
+        rec.status = status;
+        rec.deliveredWh = uint32(deliveredWh);
+        rec.claimedWh = uint32(deliveredWh);
+        if (sellerShare != 0) {
+            _accounts[rec.seller].credit += uint128(sellerShare);
+            emit PaymentClaimed(id, rec.seller, deliveredWh, sellerShare);
+        }
+        if (refund != 0) _accounts[rec.buyer].credit += uint128(refund);
+        _unlink(id, rec.seller);
+        _unlink(id, rec.buyer);
+        emit ConnectionEnded(id, deliveredWh, paid, refund, status == Status.Completed);
+    }
+
+    function _claim(uint32 id, Record storage rec) private {
+        uint256 delivered = _deliveredNow(id, rec, _meterKey[rec.meterId]);
+        uint256 amount = _pay(rec.price, delivered) - _pay(rec.price, rec.claimedWh);
+        if (amount == 0) return;
+        rec.claimedWh = uint32(delivered);
+        _accounts[rec.seller].credit += uint128(amount);
+        emit PaymentClaimed(id, rec.seller, delivered, amount);
+    }
+
+    /// @dev Energy delivered on a connection up to the meter's last accepted reading.
+    function _deliveredNow(uint32 id, Record storage rec, address meter) private view returns (uint256) {
+        Status status = rec.status;
+        if (status == Status.Completed || status == Status.Released) return rec.deliveredWh;
+        if (status < Status.Active) return 0;
+        MeterState storage st = _meterState[meter];
+        if (st.head != id) return 0;
+        uint256 endWh = st.headEndWh;
+        uint256 start = endWh - rec.energyWh;
+        uint256 last = st.lastWh;
+        if (last <= start) return 0;
+        return (last < endWh ? last : endWh) - start;
+    }
+
+    /// @dev Removes a queued (not head) connection from its meter's queue.
+    function _dequeue(Record storage rec, address meter) private {
+        uint32 prev = rec.meterPrev;
+        uint32 next = rec.meterNext;
+        _records[prev].meterNext = next;
+        if (next == 0) _meterInfo[meter].tail = prev;
+        else _records[next].meterPrev = prev;
+        rec.meterPrev = 0;
+        rec.meterNext = 0;
+    }
+
+    function _removeOpen(Record storage rec) private {
+        uint32 prev = rec.openPrev;
+        uint32 next = rec.openNext;
+        Counters memory c = _counters;
+        if (prev == 0) c.openHead = next;
+        else _records[prev].openNext = next;
+        if (next == 0) c.openTail = prev;
+        else _records[next].openPrev = prev;
+        --c.openCount;
+        _counters = c;
+        rec.openPrev = 0;
+        rec.openNext = 0;
+    }
+
+    /// @dev Sets the back link of `id` in `account`'s list to `prev`.
+    function _setPrev(uint32 id, address account, uint32 prev) private {
+        Record storage rec = _records[id];
+        if (rec.seller == account) rec.sellerPrev = prev;
+        else rec.buyerPrev = prev;
+    }
+
+    /// @dev Removes `id` from `account`'s list of open offers and connections.
+    function _unlink(uint32 id, address account) private {
+        Record storage rec = _records[id];
+        uint32 prev;
+        uint32 next;
+        if (rec.seller == account) {
+            (prev, next) = (rec.sellerPrev, rec.sellerNext);
+            (rec.sellerPrev, rec.sellerNext) = (0, 0);
+        } else {
+            (prev, next) = (rec.buyerPrev, rec.buyerNext);
+            (rec.buyerPrev, rec.buyerNext) = (0, 0);
+        }
+        if (prev == 0) {
+            _accounts[account].head = next;
+        } else {
+            Record storage p = _records[prev];
+            if (p.seller == account) p.sellerNext = next;
+            else p.buyerNext = next;
+        }
+        if (next != 0) _setPrev(next, account, prev);
+    }
+}

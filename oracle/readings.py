@@ -1,0 +1,158 @@
+"""Meter readings: the EIP-712 typed message a meter signs, and its signature checks.
+
+The contract verifies the same structure (``Reading(address meter,uint64 cumulativeWh,
+uint64 timestamp)`` in the domain name "Energy-Kart", version "1", chain id, contract address),
+so a reading signed for another chain or contract is useless anywhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+from eth_keys import keys
+from eth_typing import ChecksumAddress
+from eth_utils import keccak, to_checksum_address
+
+DOMAIN_NAME = "Energy-Kart"
+DOMAIN_VERSION = "1"
+MAX_WH = 2**48 - 1
+MAX_TIMESTAMP = 2**40 - 1
+_SECP256K1_HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
+
+READING_TYPES = {
+    "Reading": [
+        {"name": "meter", "type": "address"},
+        {"name": "cumulativeWh", "type": "uint64"},
+        {"name": "timestamp", "type": "uint64"},
+    ]
+}
+_DOMAIN_TYPEHASH = keccak(b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)")
+_READING_TYPEHASH = keccak(b"Reading(address meter,uint64 cumulativeWh,uint64 timestamp)")
+
+
+class InvalidReading(ValueError):
+    """A reading that cannot be accepted; `reason` is a short machine-readable code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Domain:
+    """The EIP-712 domain of one market contract on one chain."""
+
+    chain_id: int
+    contract: ChecksumAddress
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": DOMAIN_NAME,
+            "version": DOMAIN_VERSION,
+            "chainId": self.chain_id,
+            "verifyingContract": self.contract,
+        }
+
+    def separator(self) -> bytes:
+        return keccak(
+            _DOMAIN_TYPEHASH
+            + keccak(DOMAIN_NAME.encode())
+            + keccak(DOMAIN_VERSION.encode())
+            + self.chain_id.to_bytes(32, "big")
+            + bytes(12)
+            + bytes.fromhex(self.contract[2:])
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SignedReading:
+    """A meter's cumulative imported energy at a time, with the meter's signature (v, r, s)."""
+
+    meter: ChecksumAddress
+    cumulative_wh: int
+    timestamp: int
+    v: int
+    r: bytes
+    s: bytes
+
+    @property
+    def signature(self) -> bytes:
+        return self.r + self.s + bytes([self.v])
+
+    def as_tuple(self) -> tuple[ChecksumAddress, int, int, int, bytes, bytes]:
+        """The contract's `SignedReading` struct, in ABI order."""
+        return (self.meter, self.cumulative_wh, self.timestamp, self.v, self.r, self.s)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "meter": self.meter,
+            "cumulativeWh": self.cumulative_wh,
+            "timestamp": self.timestamp,
+            "signature": "0x" + self.signature.hex(),
+        }
+
+
+def check_range(cumulative_wh: int, timestamp: int) -> None:
+    if not 0 <= cumulative_wh <= MAX_WH:
+        raise InvalidReading("out_of_range", f"cumulativeWh must be an integer from 0 to {MAX_WH}")
+    if not 0 < timestamp <= MAX_TIMESTAMP:
+        raise InvalidReading("out_of_range", f"timestamp must be Unix seconds from 1 to {MAX_TIMESTAMP}")
+
+
+def sign_reading(private_key: bytes | str, domain: Domain, cumulative_wh: int, timestamp: int) -> SignedReading:
+    """Sign a reading with the meter's key (eth-account's EIP-712 encoder)."""
+    check_range(cumulative_wh, timestamp)
+    account = Account.from_key(private_key)
+    message = {"meter": account.address, "cumulativeWh": cumulative_wh, "timestamp": timestamp}
+    signable = encode_typed_data(domain.as_dict(), READING_TYPES, message)
+    signed = account.sign_message(signable)
+    return SignedReading(
+        meter=account.address,
+        cumulative_wh=cumulative_wh,
+        timestamp=timestamp,
+        v=signed.v,
+        r=signed.r.to_bytes(32, "big"),
+        s=signed.s.to_bytes(32, "big"),
+    )
+
+
+def reading_digest(separator: bytes, meter: str, cumulative_wh: int, timestamp: int) -> bytes:
+    """The EIP-712 digest, computed directly (the hot path of the oracle's ingest)."""
+    struct_hash = keccak(
+        _READING_TYPEHASH
+        + bytes(12)
+        + bytes.fromhex(meter[2:])
+        + cumulative_wh.to_bytes(32, "big")
+        + timestamp.to_bytes(32, "big")
+    )
+    return keccak(b"\x19\x01" + separator + struct_hash)
+
+
+def recover_signer(separator: bytes, meter: str, cumulative_wh: int, timestamp: int, signature: bytes) -> str:
+    """The address that signed this reading, with the contract's own rules (low s, v 27/28)."""
+    if len(signature) != 65:
+        raise InvalidReading("bad_signature", "signature must be 65 bytes (r, s, v) as 0x-prefixed hex")
+    v = signature[64]
+    s = int.from_bytes(signature[32:64], "big")
+    if v not in (27, 28) or s > _SECP256K1_HALF_N or s == 0:
+        raise InvalidReading("bad_signature", "signature is malformed (v must be 27 or 28, s in the lower half)")
+    digest = reading_digest(separator, meter, cumulative_wh, timestamp)
+    try:
+        public_key = keys.Signature(signature[:64] + bytes([v - 27])).recover_public_key_from_msg_hash(digest)
+    except Exception as err:  # eth-keys raises several types for invalid points
+        raise InvalidReading("bad_signature", "signature does not recover to a public key") from err
+    return to_checksum_address(public_key.to_canonical_address())
+
+
+def verify_reading(domain_separator: bytes, reading: SignedReading) -> None:
+    """Raise InvalidReading unless the meter named in the reading signed it."""
+    check_range(reading.cumulative_wh, reading.timestamp)
+    signer = recover_signer(
+        domain_separator, reading.meter, reading.cumulative_wh, reading.timestamp, reading.signature
+    )
+    if signer != reading.meter:
+        raise InvalidReading("bad_signature", f"signature is not by meter {reading.meter} (signed by {signer})")

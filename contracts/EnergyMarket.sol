@@ -26,21 +26,19 @@ contract EnergyMarket {
     /// @notice Why `settle` skipped a reading.
     enum SkipReason {
         None,
-        OutOfRange, // cumulativeWh or timestamp does not fit the contract's ranges
         FutureTimestamp, // signed for a time after the current block (plus clock skew)
         BadSignature, // malformed signature, or not signed by the meter it names
         UnknownMeter, // never registered, or revoked
         NotNewer // timestamp not after the last accepted one, or cumulative decreased (replay)
     }
 
-    /// @notice A meter reading as the meter signs it (EIP-712 type `Reading`).
+    /// @notice A meter reading as the meter signed it (EIP-712 type `Reading`), packed into three
+    /// words to keep calldata small: `reading` = meter << 96 | cumulativeWh << 40 | timestamp, and
+    /// the signature in its EIP-2098 compact form (r, yParity << 255 | s).
     struct SignedReading {
-        address meter;
-        uint64 cumulativeWh;
-        uint64 timestamp;
-        uint8 v;
+        uint256 reading;
         bytes32 r;
-        bytes32 s;
+        bytes32 vs;
     }
 
     /// @dev One record per offer; the same record is the connection once awarded. Four slots.
@@ -211,8 +209,9 @@ contract EnergyMarket {
         uint256 capWh,
         uint256 baselineWh
     );
-    /// @notice A reading was accepted and its energy billed to the meter's connections.
-    event ReadingAccepted(address indexed meter, uint256 cumulativeWh, uint256 timestamp);
+    /// @notice Readings of one batch were accepted and their energy billed to the meters'
+    /// connections. Each entry packs one reading: meter << 96 | cumulativeWh << 40 | timestamp.
+    event ReadingsAccepted(uint256[] readings);
     /// @notice A reading in a batch was skipped; the rest of the batch went on.
     event ReadingSkipped(address indexed meter, uint256 cumulativeWh, uint256 timestamp, SkipReason reason);
     /// @notice Payment for delivered energy moved from the buyer's escrow into the seller's credit.
@@ -476,19 +475,29 @@ contract EnergyMarket {
     /// @notice Settle a batch of signed meter readings. Each valid reading bills the meter's new
     /// energy to its open connections, oldest first, up to each cap. An invalid reading is skipped
     /// with a `ReadingSkipped` event; it never reverts the batch. Anyone can relay readings.
+    /// The accepted readings are logged together in one `ReadingsAccepted` event.
     /// @return accepted how many readings were accepted
     function settle(SignedReading[] calldata readings) external returns (uint256 accepted) {
         bytes32 separator = domainSeparator();
         uint256 n = readings.length;
+        uint256[] memory packed = new uint256[](n);
         for (uint256 i; i < n; ++i) {
             SignedReading calldata rd = readings[i];
-            SkipReason reason = _applyReading(rd, separator);
+            uint256 reading = rd.reading;
+            SkipReason reason = _applyReading(reading, rd.r, rd.vs, separator);
             if (reason == SkipReason.None) {
-                ++accepted;
-                emit ReadingAccepted(rd.meter, rd.cumulativeWh, rd.timestamp);
+                packed[accepted++] = reading;
             } else {
-                emit ReadingSkipped(rd.meter, rd.cumulativeWh, rd.timestamp, reason);
+                emit ReadingSkipped(
+                    address(uint160(reading >> 96)), (reading >> 40) & 0xffffffffffff, reading & 0xffffffffff, reason
+                );
             }
+        }
+        if (accepted != 0) {
+            assembly {
+                mstore(packed, accepted)
+            }
+            emit ReadingsAccepted(packed);
         }
     }
 
@@ -748,23 +757,60 @@ contract EnergyMarket {
     }
 
     /// @dev Checks one reading and, when valid, applies it. Never reverts on bad input.
-    function _applyReading(SignedReading calldata rd, bytes32 separator) private returns (SkipReason) {
-        uint256 wh = rd.cumulativeWh;
-        uint256 ts = rd.timestamp;
-        if (wh > type(uint48).max || ts > type(uint40).max) return SkipReason.OutOfRange;
+    /// This is the hot path (one call per reading), hence the assembly: it hashes and recovers in
+    /// scratch memory, and in the common case (the reading only adds energy to the connection being
+    /// filled) reads and writes the meter's one state slot directly.
+    function _applyReading(uint256 reading, bytes32 r, bytes32 vs, bytes32 separator)
+        private
+        returns (SkipReason)
+    {
+        address meter = address(uint160(reading >> 96));
+        uint256 wh = (reading >> 40) & 0xffffffffffff;
+        uint256 ts = reading & 0xffffffffff;
         if (ts > block.timestamp + MAX_CLOCK_SKEW) return SkipReason.FutureTimestamp;
-        address meter = rd.meter;
-        if (uint256(rd.s) > _HALF_CURVE_ORDER || (rd.v != 27 && rd.v != 28)) return SkipReason.BadSignature;
-        bytes32 digest = keccak256(
-            abi.encodePacked(hex"1901", separator, keccak256(abi.encode(READING_TYPEHASH, meter, wh, ts)))
-        );
-        address signer = ecrecover(digest, rd.v, rd.r, rd.s);
+        uint256 v = (uint256(vs) >> 255) + 27;
+        bytes32 s = vs & bytes32(0x7fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff);
+        if (uint256(s) > _HALF_CURVE_ORDER) return SkipReason.BadSignature;
+        address signer;
+        bytes32 typehash = READING_TYPEHASH;
+        assembly ("memory-safe") {
+            let ptr := mload(0x40)
+            mstore(ptr, typehash)
+            mstore(add(ptr, 0x20), meter)
+            mstore(add(ptr, 0x40), wh)
+            mstore(add(ptr, 0x60), ts)
+            let structHash := keccak256(ptr, 0x80)
+            mstore(ptr, hex"1901")
+            mstore(add(ptr, 0x02), separator)
+            mstore(add(ptr, 0x22), structHash)
+            mstore(ptr, keccak256(ptr, 0x42))
+            mstore(add(ptr, 0x20), v)
+            mstore(add(ptr, 0x40), r)
+            mstore(add(ptr, 0x60), s)
+            mstore(0x00, 0)
+            if staticcall(gas(), 0x01, ptr, 0x80, 0x00, 0x20) { signer := mload(0x00) }
+        }
         if (signer == address(0) || signer != meter) return SkipReason.BadSignature;
 
-        MeterState memory st = _meterState[meter];
-        if (!st.registered) return SkipReason.UnknownMeter;
-        if (ts <= st.lastTs || wh < st.lastWh) return SkipReason.NotNewer;
+        MeterState storage stored = _meterState[meter];
+        uint256 word;
+        assembly {
+            word := sload(stored.slot)
+        }
+        // Layout of MeterState (lowest bits first): lastWh 48, lastTs 40, registered 8, head 32,
+        // headEndWh 48, headClosedAt 40.
+        if ((word >> 88) & 0xff == 0) return SkipReason.UnknownMeter;
+        if (ts <= (word >> 48) & 0xffffffffff || wh < word & 0xffffffffffff) return SkipReason.NotNewer;
+        uint256 head = (word >> 96) & 0xffffffff;
+        if (head == 0 || ((word >> 176) & 0xffffffffff == 0 && wh < (word >> 128) & 0xffffffffffff)) {
+            word = (word & ~uint256(0xffffffffffffffffffffff)) | (ts << 48) | wh;
+            assembly {
+                sstore(stored.slot, word)
+            }
+            return SkipReason.None;
+        }
 
+        MeterState memory st = stored;
         while (st.head != 0) {
             if (st.headClosedAt != 0 && (ts > st.headClosedAt || block.timestamp > st.headClosedAt + timestep)) {
                 // Energy of this reading was drawn after the close, or came after the grace window.

@@ -1,6 +1,6 @@
 """Deploy the EnergyMarket contract and register meters (tests, benchmarks, demo).
 
-    python -m devchain.deploy --rpc-url http://127.0.0.1:8545 [--meter METER=OWNER ...]
+python -m devchain.deploy --rpc-url http://127.0.0.1:8545 [--meter METER=OWNER ...]
 """
 
 from __future__ import annotations

@@ -12,9 +12,10 @@ from typing import Any
 
 from eth_account import Account
 from eth_account.messages import encode_typed_data
-from eth_keys import keys
+from eth_keys.datatypes import Signature
 from eth_typing import ChecksumAddress
-from eth_utils import keccak, to_checksum_address
+from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
 
 DOMAIN_NAME = "Energy-Kart"
 DOMAIN_VERSION = "1"
@@ -83,9 +84,11 @@ class SignedReading:
     def signature(self) -> bytes:
         return self.r + self.s + bytes([self.v])
 
-    def as_tuple(self) -> tuple[ChecksumAddress, int, int, int, bytes, bytes]:
-        """The contract's `SignedReading` struct, in ABI order."""
-        return (self.meter, self.cumulative_wh, self.timestamp, self.v, self.r, self.s)
+    def as_tuple(self) -> tuple[int, bytes, bytes]:
+        """The contract's packed `SignedReading` struct: (reading word, r, EIP-2098 vs)."""
+        word = (int(self.meter, 16) << 96) | (self.cumulative_wh << 40) | self.timestamp
+        vs = ((self.v - 27) << 255) | int.from_bytes(self.s, "big")
+        return (word, self.r, vs.to_bytes(32, "big"))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -142,7 +145,7 @@ def recover_signer(separator: bytes, meter: str, cumulative_wh: int, timestamp: 
         raise InvalidReading("bad_signature", "signature is malformed (v must be 27 or 28, s in the lower half)")
     digest = reading_digest(separator, meter, cumulative_wh, timestamp)
     try:
-        public_key = keys.Signature(signature[:64] + bytes([v - 27])).recover_public_key_from_msg_hash(digest)
+        public_key = Signature(signature[:64] + bytes([v - 27])).recover_public_key_from_msg_hash(digest)
     except Exception as err:  # eth-keys raises several types for invalid points
         raise InvalidReading("bad_signature", "signature does not recover to a public key") from err
     return to_checksum_address(public_key.to_canonical_address())

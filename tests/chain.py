@@ -7,19 +7,20 @@ from typing import Any
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_utils import keccak
+from eth_typing import ChecksumAddress
+from eth_utils.crypto import keccak
 from web3 import Web3
 from web3.contract import Contract
 from web3.exceptions import ContractCustomError
 from web3.logs import DISCARD
-from web3.types import TxReceipt
+from web3.types import RPCEndpoint, TxReceipt
 
 from devchain.deploy import artifact
 from oracle.readings import Domain, SignedReading, sign_reading
 
 # Status and SkipReason enums of the contract, by name.
 STATUS = ["Bidding", "Cancelled", "Expired", "Active", "Closed", "Completed", "Released"]
-SKIP = ["None", "OutOfRange", "FutureTimestamp", "BadSignature", "UnknownMeter", "NotNewer"]
+SKIP = ["None", "FutureTimestamp", "BadSignature", "UnknownMeter", "NotNewer"]
 
 
 def _error_selectors() -> dict[str, str]:
@@ -47,7 +48,7 @@ class Chain:
     w3: Web3
     market: Contract
     registrar: str
-    accounts: list[str]
+    accounts: list[ChecksumAddress]
     domain: Domain
     meter_keys: dict[str, LocalAccount] = field(default_factory=dict)
 
@@ -63,20 +64,22 @@ class Chain:
 
     def travel(self, seconds: int) -> None:
         """Move chain time forward and mine a block."""
-        self.w3.provider.make_request("evm_increaseTime", [seconds])
-        self.w3.provider.make_request("evm_mine", [])
+        self.w3.provider.make_request(RPCEndpoint("evm_increaseTime"), [seconds])
+        self.w3.provider.make_request(RPCEndpoint("evm_mine"), [])
 
     def set_next_timestamp(self, ts: int) -> None:
-        self.w3.provider.make_request("evm_setNextBlockTimestamp", [ts])
+        self.w3.provider.make_request(RPCEndpoint("evm_setNextBlockTimestamp"), [ts])
 
     def new_meter(self, owner: str) -> LocalAccount:
         """A fresh meter key, registered to `owner`."""
-        meter = Account.create()
+        meter: LocalAccount = Account.create()
         self.tx(self.market.functions.registerMeter(meter.address, owner), self.registrar)
         self.meter_keys[meter.address] = meter
         return meter
 
-    def sign(self, meter: LocalAccount, cumulative_wh: int, timestamp: int, domain: Domain | None = None) -> SignedReading:
+    def sign(
+        self, meter: LocalAccount, cumulative_wh: int, timestamp: int, domain: Domain | None = None
+    ) -> SignedReading:
         return sign_reading(meter.key, domain or self.domain, cumulative_wh, timestamp)
 
     def settle(self, *readings: SignedReading, sender: str | None = None) -> TxReceipt:

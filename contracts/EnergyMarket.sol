@@ -241,6 +241,7 @@ contract EnergyMarket {
     error BidTooLow(uint256 minPricePerKWh);
     error WrongEscrow(uint256 requiredWei, uint256 sentWei);
     error NotMeterOwner(address meter, address owner);
+    error MeterNeverReported(address meter);
     error SelfTrade();
     error NotSeller(uint256 id);
     error NotBuyer(uint256 id);
@@ -397,7 +398,7 @@ contract EnergyMarket {
     }
 
     /// @notice Bid `pricePerKWh` wei per kWh on offer `id`, for delivery to `meter` (owned by the
-    /// bidder). Send exactly `escrowFor(id, pricePerKWh)` wei. The previous highest bidder's escrow
+    /// bidder, and which has reported at least one reading). Send exactly `escrowFor(id, pricePerKWh)` wei. The previous highest bidder's escrow
     /// becomes their withdrawable credit.
     function bid(uint256 id, uint256 pricePerKWh, address meter) external payable {
         Record storage rec = _existing(id);
@@ -411,6 +412,9 @@ contract EnergyMarket {
         if (msg.value != required) revert WrongEscrow(required, msg.value);
         MeterInfo storage info = _meterInfo[meter];
         if (info.owner != msg.sender) revert NotMeterOwner(meter, info.owner);
+        // The award takes the meter's last reading as the connection's baseline; without one, the
+        // meter's whole history would be billed to the connection.
+        if (_meterState[meter].lastTs == 0) revert MeterNeverReported(meter);
 
         address previous = rec.buyer;
         if (previous != address(0)) {

@@ -1,0 +1,282 @@
+"""Config flow: node, market contract and account, each checked before the entry is made."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from eth_account import Account
+import voluptuous as vol
+from web3 import Web3
+
+from homeassistant.config_entries import ConfigFlow, ConfigFlowResult, OptionsFlow
+from homeassistant.core import HomeAssistant, callback
+from homeassistant.helpers.aiohttp_client import async_get_clientsession
+from homeassistant.helpers.selector import (
+    EntitySelector,
+    EntitySelectorConfig,
+    NumberSelector,
+    NumberSelectorConfig,
+    NumberSelectorMode,
+    TextSelector,
+    TextSelectorConfig,
+    TextSelectorType,
+)
+
+from .client import EnergyKartClient, EnergyKartConnectionError, NoContractError, WrongContractError, is_private_key
+from .const import (
+    CONF_ACCOUNT,
+    CONF_BATTERY_POWER,
+    CONF_BATTERY_SOC,
+    CONF_CHAIN_ID,
+    CONF_CONTRACT_ADDRESS,
+    CONF_GRID_EXPORT,
+    CONF_HOUSE_CONSUMPTION,
+    CONF_METER_ADDRESS,
+    CONF_PRIVATE_KEY,
+    CONF_RPC_URL,
+    CONF_SCAN_INTERVAL,
+    CONF_SOLAR_POWER,
+    CONF_START_BLOCK,
+    DEFAULT_SCAN_INTERVAL,
+    DOMAIN,
+    MAX_SCAN_INTERVAL_SECONDS,
+    MIN_SCAN_INTERVAL_SECONDS,
+    SOURCE_ENTITIES,
+)
+
+_URL = TextSelector(TextSelectorConfig(type=TextSelectorType.URL))
+_TEXT = TextSelector()
+_SECRET = TextSelector(TextSelectorConfig(type=TextSelectorType.PASSWORD))
+_POWER = EntitySelector(EntitySelectorConfig(domain="sensor", device_class="power"))
+_SOURCE_SELECTORS = {
+    CONF_SOLAR_POWER: _POWER,
+    CONF_HOUSE_CONSUMPTION: _POWER,
+    CONF_GRID_EXPORT: _POWER,
+    CONF_BATTERY_SOC: EntitySelector(EntitySelectorConfig(domain="sensor", device_class="battery")),
+    CONF_BATTERY_POWER: _POWER,
+}
+_SOURCES_SCHEMA = {vol.Optional(key): selector for key, selector in _SOURCE_SELECTORS.items()}
+
+USER_SCHEMA = vol.Schema(
+    {
+        vol.Required(CONF_RPC_URL): _URL,
+        vol.Required(CONF_CONTRACT_ADDRESS): _TEXT,
+        vol.Optional(CONF_PRIVATE_KEY): _SECRET,
+        vol.Optional(CONF_ACCOUNT): _TEXT,
+        vol.Optional(CONF_METER_ADDRESS): _TEXT,
+        **_SOURCES_SCHEMA,
+    }
+)
+
+
+def short_address(address: str) -> str:
+    return f"{address[:6]}…{address[-4:]}"
+
+
+def _account(user_input: Mapping[str, Any], errors: dict[str, str]) -> str | None:
+    """The account the entry acts for, from the key or the watch-only address."""
+    key = user_input.get(CONF_PRIVATE_KEY, "").strip()
+    address = user_input.get(CONF_ACCOUNT, "").strip()
+    if key:
+        if not is_private_key(key):
+            errors[CONF_PRIVATE_KEY] = "invalid_private_key"
+            return None
+        derived = str(Account.from_key(key).address)
+        if address and (not Web3.is_address(address) or Web3.to_checksum_address(address) != derived):
+            errors[CONF_ACCOUNT] = "key_account_mismatch"
+            return None
+        return derived
+    if not address:
+        errors["base"] = "account_required"
+        return None
+    if not Web3.is_address(address):
+        errors[CONF_ACCOUNT] = "invalid_address"
+        return None
+    return str(Web3.to_checksum_address(address))
+
+
+async def _check_market(
+    hass: HomeAssistant, rpc_url: str, contract: str, account: str, meter: str | None, errors: dict[str, str]
+) -> tuple[int, int] | None:
+    """Check node, contract and meter; return (chain id, current block) or None with errors set."""
+    client = EnergyKartClient(async_get_clientsession(hass), rpc_url, contract, account)
+    try:
+        chain_id = await client.validate()
+        block = await client.block_number()
+        if meter and await client.meter_owner(meter) != account:
+            errors[CONF_METER_ADDRESS] = "meter_not_owned"
+            return None
+    except EnergyKartConnectionError:
+        errors["base"] = "cannot_connect"
+        return None
+    except NoContractError:
+        errors[CONF_CONTRACT_ADDRESS] = "no_contract"
+        return None
+    except WrongContractError:
+        errors[CONF_CONTRACT_ADDRESS] = "wrong_contract"
+        return None
+    return chain_id, block
+
+
+def _meter(user_input: Mapping[str, Any], errors: dict[str, str]) -> str | None:
+    meter = user_input.get(CONF_METER_ADDRESS, "").strip()
+    if not meter:
+        return None
+    if not Web3.is_address(meter):
+        errors[CONF_METER_ADDRESS] = "invalid_address"
+        return None
+    return str(Web3.to_checksum_address(meter))
+
+
+class EnergyKartConfigFlow(ConfigFlow, domain=DOMAIN):
+    """Set up an Energy-Kart wallet."""
+
+    VERSION = 1
+
+    async def async_step_user(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        """Ask for the node, the market and the account."""
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            contract = user_input[CONF_CONTRACT_ADDRESS].strip()
+            if not Web3.is_address(contract):
+                errors[CONF_CONTRACT_ADDRESS] = "invalid_address"
+            account = _account(user_input, errors)
+            meter = _meter(user_input, errors)
+            if not errors and account is not None:
+                contract = str(Web3.to_checksum_address(contract))
+                checked = await _check_market(
+                    self.hass, user_input[CONF_RPC_URL], contract, account, meter, errors
+                )
+                if checked is not None:
+                    chain_id, block = checked
+                    await self.async_set_unique_id(f"{chain_id}_{contract.lower()}_{account.lower()}")
+                    self._abort_if_unique_id_configured()
+                    data = {
+                        CONF_RPC_URL: user_input[CONF_RPC_URL],
+                        CONF_CONTRACT_ADDRESS: contract,
+                        CONF_ACCOUNT: account,
+                        CONF_CHAIN_ID: chain_id,
+                        CONF_START_BLOCK: block,
+                    }
+                    if key := user_input.get(CONF_PRIVATE_KEY, "").strip():
+                        data[CONF_PRIVATE_KEY] = key
+                    options: dict[str, Any] = {
+                        CONF_SCAN_INTERVAL: int(DEFAULT_SCAN_INTERVAL.total_seconds()),
+                        **{key: user_input[key] for key in SOURCE_ENTITIES if user_input.get(key)},
+                    }
+                    if meter:
+                        options[CONF_METER_ADDRESS] = meter
+                    return self.async_create_entry(
+                        title=f"Energy-Kart {short_address(account)}", data=data, options=options
+                    )
+        return self.async_show_form(
+            step_id="user",
+            data_schema=self.add_suggested_values_to_schema(USER_SCHEMA, user_input),
+            errors=errors,
+        )
+
+    async def async_step_reauth(self, entry_data: Mapping[str, Any]) -> ConfigFlowResult:
+        """Start re-authentication: a new private key for the same account."""
+        return await self.async_step_reauth_confirm()
+
+    async def async_step_reauth_confirm(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        """Ask for the account's private key."""
+        entry = self._get_reauth_entry()
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            key = user_input[CONF_PRIVATE_KEY].strip()
+            if not is_private_key(key):
+                errors[CONF_PRIVATE_KEY] = "invalid_private_key"
+            elif Account.from_key(key).address != entry.data[CONF_ACCOUNT]:
+                errors[CONF_PRIVATE_KEY] = "wrong_account"
+            else:
+                return self.async_update_reload_and_abort(entry, data_updates={CONF_PRIVATE_KEY: key})
+        return self.async_show_form(
+            step_id="reauth_confirm",
+            data_schema=vol.Schema({vol.Required(CONF_PRIVATE_KEY): _SECRET}),
+            description_placeholders={"account": short_address(entry.data[CONF_ACCOUNT])},
+            errors=errors,
+        )
+
+    async def async_step_reconfigure(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        """Point the entry at another node of the same chain."""
+        entry = self._get_reconfigure_entry()
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            checked = await _check_market(
+                self.hass,
+                user_input[CONF_RPC_URL],
+                entry.data[CONF_CONTRACT_ADDRESS],
+                entry.data[CONF_ACCOUNT],
+                None,
+                errors,
+            )
+            if checked is not None:
+                if checked[0] != entry.data[CONF_CHAIN_ID]:
+                    errors[CONF_RPC_URL] = "wrong_chain"
+                else:
+                    return self.async_update_reload_and_abort(
+                        entry, data_updates={CONF_RPC_URL: user_input[CONF_RPC_URL]}
+                    )
+        return self.async_show_form(
+            step_id="reconfigure",
+            data_schema=self.add_suggested_values_to_schema(
+                vol.Schema({vol.Required(CONF_RPC_URL): _URL}), user_input or entry.data
+            ),
+            errors=errors,
+        )
+
+    @staticmethod
+    @callback
+    def async_get_options_flow(config_entry: Any) -> EnergyKartOptionsFlow:
+        """The options flow."""
+        return EnergyKartOptionsFlow()
+
+
+class EnergyKartOptionsFlow(OptionsFlow):
+    """Poll interval, meter and source entities."""
+
+    async def async_step_init(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        """Change the options."""
+        errors: dict[str, str] = {}
+        entry = self.config_entry
+        if user_input is not None:
+            meter = _meter(user_input, errors)
+            if meter and not errors:
+                await _check_market(
+                    self.hass,
+                    entry.data[CONF_RPC_URL],
+                    entry.data[CONF_CONTRACT_ADDRESS],
+                    entry.data[CONF_ACCOUNT],
+                    meter,
+                    errors,
+                )
+            if not errors:
+                options: dict[str, Any] = {
+                    CONF_SCAN_INTERVAL: int(user_input[CONF_SCAN_INTERVAL]),
+                    **{key: user_input[key] for key in SOURCE_ENTITIES if user_input.get(key)},
+                }
+                if meter:
+                    options[CONF_METER_ADDRESS] = meter
+                return self.async_create_entry(data=options)
+        schema = vol.Schema(
+            {
+                vol.Required(CONF_SCAN_INTERVAL): NumberSelector(
+                    NumberSelectorConfig(
+                        min=MIN_SCAN_INTERVAL_SECONDS,
+                        max=MAX_SCAN_INTERVAL_SECONDS,
+                        step=1,
+                        unit_of_measurement="s",
+                        mode=NumberSelectorMode.BOX,
+                    )
+                ),
+                vol.Optional(CONF_METER_ADDRESS): _TEXT,
+                **_SOURCES_SCHEMA,
+            }
+        )
+        return self.async_show_form(
+            step_id="init",
+            data_schema=self.add_suggested_values_to_schema(schema, user_input or entry.options),
+            errors=errors,
+        )

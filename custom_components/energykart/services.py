@@ -1,0 +1,209 @@
+"""Actions: sell, bid, close a connection, withdraw, list the open offers.
+
+Input a user can fix is checked before anything is sent; the contract's own checks then run in the
+gas estimate, still before sending, and come back as the same translated errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from decimal import Decimal, InvalidOperation
+from typing import Final
+
+import voluptuous as vol
+
+from homeassistant.config_entries import ConfigEntryState
+from homeassistant.core import HomeAssistant, ServiceCall, ServiceResponse, SupportsResponse, callback
+from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
+from homeassistant.helpers import config_validation as cv
+
+from .client import (
+    EnergyKartConnectionError,
+    InsufficientFundsError,
+    Status,
+    TransactionRejectedError,
+    WatchOnlyError,
+)
+from .const import CONF_METER_ADDRESS, DOMAIN, MAX_BIDDING_MINUTES, WEI_PER_ETH
+from .coordinator import EnergyKartConfigEntry, EnergyKartCoordinator, wei_to_eth
+
+ATTR_CONFIG_ENTRY_ID: Final = "config_entry_id"
+ATTR_ENERGY: Final = "energy"
+ATTR_START_PRICE: Final = "start_price"
+ATTR_BIDDING_MINUTES: Final = "bidding_minutes"
+ATTR_OFFER_ID: Final = "offer_id"
+ATTR_PRICE: Final = "price"
+ATTR_CONNECTION_ID: Final = "connection_id"
+
+SERVICE_SELL: Final = "sell"
+SERVICE_BID: Final = "bid"
+SERVICE_CLOSE_CONNECTION: Final = "close_connection"
+SERVICE_WITHDRAW: Final = "withdraw"
+SERVICE_LIST_OFFERS: Final = "list_offers"
+
+_ENTRY = {vol.Required(ATTR_CONFIG_ENTRY_ID): cv.string}
+SELL_SCHEMA: Final = vol.Schema(
+    {
+        **_ENTRY,
+        vol.Required(ATTR_ENERGY): vol.Coerce(float),
+        vol.Required(ATTR_START_PRICE): vol.Coerce(float),
+        vol.Optional(ATTR_BIDDING_MINUTES, default=60): vol.Coerce(int),
+    }
+)
+BID_SCHEMA: Final = vol.Schema(
+    {**_ENTRY, vol.Required(ATTR_OFFER_ID): vol.Coerce(int), vol.Required(ATTR_PRICE): vol.Coerce(float)}
+)
+CLOSE_SCHEMA: Final = vol.Schema({**_ENTRY, vol.Required(ATTR_CONNECTION_ID): vol.Coerce(int)})
+ENTRY_SCHEMA: Final = vol.Schema(_ENTRY)
+
+# The contract's custom errors that a user's input causes, and the message each gets.
+_REJECTIONS: Final = {
+    "BidTooLow": "price_too_low",
+    "BiddingOver": "offer_not_open",
+    "WrongStatus": "wrong_status",
+    "UnknownOffer": "unknown_offer",
+    "SelfTrade": "own_offer",
+    "NotBuyer": "not_buyer",
+    "NotMeterOwner": "meter_not_owned",
+    "MeterNeverReported": "meter_never_reported",
+    "NothingToWithdraw": "nothing_to_withdraw",
+}
+
+
+def _invalid(key: str, **placeholders: str) -> ServiceValidationError:
+    return ServiceValidationError(
+        translation_domain=DOMAIN, translation_key=key, translation_placeholders=placeholders or None
+    )
+
+
+def _to_wei(eth: float) -> int:
+    try:
+        return int(Decimal(str(eth)) * WEI_PER_ETH)
+    except InvalidOperation as err:
+        raise _invalid("invalid_price", price=str(eth)) from err
+
+
+def _coordinator(call: ServiceCall) -> EnergyKartCoordinator:
+    entry_id: str = call.data[ATTR_CONFIG_ENTRY_ID]
+    entry: EnergyKartConfigEntry | None = call.hass.config_entries.async_get_entry(entry_id)
+    if entry is None or entry.domain != DOMAIN:
+        raise _invalid("invalid_config_entry", config_entry=entry_id)
+    if entry.state is not ConfigEntryState.LOADED:
+        raise _invalid("unloaded_config_entry", config_entry=entry.title)
+    return entry.runtime_data
+
+
+def _trading(coordinator: EnergyKartCoordinator) -> None:
+    if not coordinator.client.can_trade:
+        raise _invalid("watch_only")
+
+
+async def _send[T](coordinator: EnergyKartCoordinator, transaction: Awaitable[T]) -> T:
+    """Run a transaction; translate what went wrong; refresh the entities after it."""
+    try:
+        result = await transaction
+    except WatchOnlyError as err:
+        raise _invalid("watch_only") from err
+    except InsufficientFundsError as err:
+        raise _invalid(
+            "insufficient_funds", required=f"{wei_to_eth(err.required_wei):.6f}", balance=f"{wei_to_eth(err.balance_wei):.6f}"
+        ) from err
+    except TransactionRejectedError as err:
+        if key := _REJECTIONS.get(err.reason):
+            raise _invalid(key) from err
+        raise HomeAssistantError(
+            translation_domain=DOMAIN, translation_key="transaction_rejected", translation_placeholders={"reason": err.reason}
+        ) from err
+    except EnergyKartConnectionError as err:
+        raise HomeAssistantError(translation_domain=DOMAIN, translation_key="node_unreachable") from err
+    await coordinator.async_refresh()
+    return result
+
+
+async def async_sell(coordinator: EnergyKartCoordinator, energy_kwh: float, start_price: float, minutes: int) -> int:
+    """Offer energy; return the offer id."""
+    _trading(coordinator)
+    energy_wh = round(energy_kwh * 1000)
+    if not 1 <= energy_wh < 2**32:
+        raise _invalid("invalid_energy", energy=str(energy_kwh))
+    price = _to_wei(start_price)
+    if not 0 < price < 2**72:
+        raise _invalid("invalid_price", price=str(start_price))
+    if not 1 <= minutes <= MAX_BIDDING_MINUTES:
+        raise _invalid("invalid_bidding_time", minutes=str(minutes), max=str(MAX_BIDDING_MINUTES))
+    return await _send(coordinator, coordinator.client.create_offer(energy_wh, price, minutes * 60))
+
+
+async def async_bid(coordinator: EnergyKartCoordinator, offer_id: int, price_eth: float) -> str:
+    """Bid on an offer; return the transaction hash."""
+    _trading(coordinator)
+    meter = coordinator.config_entry.options.get(CONF_METER_ADDRESS)
+    if not meter:
+        raise _invalid("meter_required")
+    try:
+        offer = await coordinator.client.get_offer(offer_id)
+    except EnergyKartConnectionError as err:
+        raise HomeAssistantError(translation_domain=DOMAIN, translation_key="node_unreachable") from err
+    if offer is None:
+        raise _invalid("unknown_offer")
+    if offer.status != Status.BIDDING:
+        raise _invalid("offer_not_open")
+    if offer.seller == coordinator.account:
+        raise _invalid("own_offer")
+    price = _to_wei(price_eth)
+    if price < offer.min_next_bid:
+        raise _invalid("price_too_low", minimum=f"{wei_to_eth(offer.min_next_bid):.9f}")
+    escrow = (price * offer.energy_wh + 999) // 1000  # the contract's escrowFor, rounded up
+    return await _send(coordinator, coordinator.client.bid(offer_id, price, meter, escrow))
+
+
+async def async_close_connection(coordinator: EnergyKartCoordinator, connection_id: int) -> str:
+    """Close a connection this account buys on; return the transaction hash."""
+    _trading(coordinator)
+    connection = coordinator.data.connections.get(connection_id)
+    if connection is None or connection.buyer != coordinator.account:
+        raise _invalid("not_buyer")
+    return await _send(coordinator, coordinator.client.close_connection(connection_id))
+
+
+async def async_withdraw(coordinator: EnergyKartCoordinator) -> str:
+    """Pay out the credit; return the transaction hash."""
+    _trading(coordinator)
+    return await _send(coordinator, coordinator.client.withdraw())
+
+
+@callback
+def async_setup_services(hass: HomeAssistant) -> None:
+    """Register the integration's actions."""
+
+    async def sell(call: ServiceCall) -> ServiceResponse:
+        offer_id = await async_sell(
+            _coordinator(call), call.data[ATTR_ENERGY], call.data[ATTR_START_PRICE], call.data[ATTR_BIDDING_MINUTES]
+        )
+        return {"offer_id": offer_id}
+
+    async def bid(call: ServiceCall) -> ServiceResponse:
+        tx_hash = await async_bid(_coordinator(call), call.data[ATTR_OFFER_ID], call.data[ATTR_PRICE])
+        return {"transaction_hash": tx_hash}
+
+    async def close_connection(call: ServiceCall) -> ServiceResponse:
+        tx_hash = await async_close_connection(_coordinator(call), call.data[ATTR_CONNECTION_ID])
+        return {"transaction_hash": tx_hash}
+
+    async def withdraw(call: ServiceCall) -> ServiceResponse:
+        return {"transaction_hash": await async_withdraw(_coordinator(call))}
+
+    async def list_offers(call: ServiceCall) -> ServiceResponse:
+        coordinator = _coordinator(call)
+        return {
+            "count": coordinator.data.open_offer_count,
+            "offers": [coordinator.describe_offer(offer) for offer in coordinator.data.open_offers],
+        }
+
+    hass.services.async_register(DOMAIN, SERVICE_SELL, sell, SELL_SCHEMA, SupportsResponse.OPTIONAL)
+    hass.services.async_register(DOMAIN, SERVICE_BID, bid, BID_SCHEMA, SupportsResponse.OPTIONAL)
+    hass.services.async_register(
+        DOMAIN, SERVICE_CLOSE_CONNECTION, close_connection, CLOSE_SCHEMA, SupportsResponse.OPTIONAL
+    )
+    hass.services.async_register(DOMAIN, SERVICE_WITHDRAW, withdraw, ENTRY_SCHEMA, SupportsResponse.OPTIONAL)
+    hass.services.async_register(DOMAIN, SERVICE_LIST_OFFERS, list_offers, ENTRY_SCHEMA, SupportsResponse.ONLY)

@@ -1,0 +1,32 @@
+"""Setup, unload and the node going away and coming back."""
+
+from __future__ import annotations
+
+from freezegun.api import FrozenDateTimeFactory
+import pytest
+
+from devchain.anvil import Anvil
+from homeassistant.config_entries import ConfigEntryState
+from homeassistant.const import STATE_UNAVAILABLE
+from homeassistant.core import HomeAssistant
+from homeassistant.helpers import device_registry as dr, entity_registry as er
+from tests.chain import Chain
+
+from .conftest import SELLER, make_chain, market_entry, poll, setup_entry
+
+
+async def test_setup_and_unload(hass: HomeAssistant, chain: Chain, anvil: Anvil) -> None:
+    """Setting up creates the wallet device; unloading leaves no state behind."""
+    entry = await setup_entry(hass, market_entry(chain, anvil.url, SELLER))
+    assert entry.state is ConfigEntryState.LOADED
+    devices = dr.async_entries_for_config_entry(dr.async_get(hass), entry.entry_id)
+    assert [device.name for device in devices] == [entry.title]
+    assert hass.states.get("sensor.energy_kart_0x71be_5788_wallet_balance").state == "100.0"
+
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    await hass.async_block_till_done()
+    assert entry.state is ConfigEntryState.NOT_LOADED
+    for entity in er.async_entries_for_config_entry(er.async_get(hass), entry.entry_id):
+        state = hass.states.get(entity.entity_id)
+        assert state is None or state.state == STATE_UNAVAILABLE
+    assert not hass.config_entries.async_loaded_entries("energykart")

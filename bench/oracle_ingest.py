@@ -1,0 +1,251 @@
+"""Oracle ingest throughput: signed readings accepted per second through the HTTP API.
+
+Starts anvil, deploys a market, registers meters, starts ONE oracle process (`python -m oracle`)
+on loopback, pre-signs readings, then posts them in batches from a few concurrent aiohttp clients
+and counts what the oracle accepts. It also measures bare EIP-712 signer recovery in this process
+(`oracle.readings.recover_signer`), the limit of the ingest path, and prints one JSON object:
+
+    {"ingest_readings_per_s", "raw_recover_per_s", "ratio", "readings", "batch_size", "target", ...}
+
+It measures and never asserts timings. `--profile-oracle FILE` runs the oracle under cProfile
+(written when the oracle exits) to see where its time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+# `python bench/oracle_ingest.py` from the repository root: make its packages importable
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import aiohttp
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from eth_keys.datatypes import PrivateKey
+from web3 import Web3
+
+from devchain.anvil import DEFAULT_MNEMONIC, Anvil, free_port
+from devchain.deploy import deploy_market, register_meters
+from oracle.readings import Domain, SignedReading, reading_digest, recover_signer, sign_reading
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TARGET_INGEST = 5000
+TARGET_RATIO = 0.5
+RELAYER_PATH = "m/44'/60'/0'/0/1"  # account 0 deploys and registers (unlocked in anvil)
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """Pre-serialized request bodies: a warm-up round (one reading per meter), then per client a
+    sequence of batches. Each client owns a disjoint set of meters and posts its batches in order,
+    so every reading is newer than the last accepted one of its meter."""
+
+    warmup: bytes
+    clients: list[list[bytes]]
+    readings: int
+    sample: list[SignedReading]
+
+
+def relayer_account() -> LocalAccount:
+    Account.enable_unaudited_hdwallet_features()
+    account: LocalAccount = Account.from_mnemonic(DEFAULT_MNEMONIC, account_path=RELAYER_PATH)
+    return account
+
+
+def fast_sign(key: PrivateKey, separator: bytes, domain: Domain, wh: int, ts: int) -> SignedReading:
+    """The same signature as `sign_reading` (RFC 6979 is deterministic), without eth-account's
+    generic typed-data encoder, so pre-signing 20,000 readings takes seconds, not a minute."""
+    meter = key.public_key.to_checksum_address()
+    sig = key.sign_msg_hash(reading_digest(separator, meter, wh, ts))
+    return SignedReading(meter, wh, ts, sig.v + 27, sig.r.to_bytes(32, "big"), sig.s.to_bytes(32, "big"))
+
+
+def build_workload(
+    meters: list[LocalAccount], domain: Domain, readings: int, batch_size: int, clients: int
+) -> Workload:
+    separator = domain.separator()
+    signing_keys = [PrivateKey(m.key) for m in meters]
+    probe = fast_sign(signing_keys[0], separator, domain, 1, 2)
+    if probe != sign_reading(meters[0].key, domain, 1, 2):
+        raise RuntimeError("fast signing disagrees with oracle.readings.sign_reading")
+    rounds = -(-readings // len(meters))
+    first_ts = int(time.time()) - rounds - 10  # all in the past: the oracle rejects future readings
+    warmup = [fast_sign(k, separator, domain, 0, first_ts) for k in signing_keys]
+    per_client: list[list[SignedReading]] = [[] for _ in range(clients)]
+    made = 0
+    for round_no in range(1, rounds + 1):
+        for index, key in enumerate(signing_keys):
+            if made == readings:
+                break
+            per_client[index % clients].append(fast_sign(key, separator, domain, round_no * 7, first_ts + round_no))
+            made += 1
+
+    def body(batch: Sequence[SignedReading]) -> bytes:
+        return json.dumps({"readings": [r.to_json() for r in batch]}).encode()
+
+    return Workload(
+        warmup=body(warmup),
+        clients=[[body(seq[i : i + batch_size]) for i in range(0, len(seq), batch_size)] for seq in per_client],
+        readings=made,
+        sample=[r for seq in per_client for r in seq[:2000]],
+    )
+
+
+def raw_recover_per_s(sample: Sequence[SignedReading], domain: Domain) -> float:
+    separator = domain.separator()
+    start = time.perf_counter()
+    for reading in sample:
+        recover_signer(separator, reading.meter, reading.cumulative_wh, reading.timestamp, reading.signature)
+    return len(sample) / (time.perf_counter() - start)
+
+
+@contextmanager
+def oracle_process(
+    rpc_url: str, contract: str, workdir: Path, profile_to: Path | None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """One oracle daemon on a free loopback port; stopped (SIGTERM, then SIGKILL) on exit."""
+    key_file = workdir / "relayer.key"
+    key_file.write_text("0x" + relayer_account().key.hex() + "\n")
+    key_file.chmod(0o600)
+    port = free_port()
+    profiler = ["-m", "cProfile", "-o", str(profile_to)] if profile_to else []
+    args = [
+        sys.executable,
+        *profiler,
+        "-m",
+        "oracle",
+        "--rpc-url",
+        rpc_url,
+        "--contract",
+        contract,
+        "--relayer-key-file",
+        str(key_file),
+        "--db",
+        str(workdir / "oracle.db"),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--confirmations",
+        "0",
+    ]
+    log = (workdir / "oracle.log").open("wb")
+    proc = subprocess.Popen(args, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc, workdir / "oracle.log")
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"oracle exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=2) as response:  # noqa: S310 - loopback
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"oracle not healthy within {timeout} s:\n{log.read_text()[-4000:]}")
+
+
+async def post_batches(session: aiohttp.ClientSession, url: str, bodies: Sequence[bytes]) -> tuple[int, int]:
+    accepted = rejected = 0
+    for body in bodies:
+        async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as response:
+            answer = await response.json()
+            if response.status != 200:
+                raise RuntimeError(f"batch answered {response.status}: {answer}")
+        accepted += int(answer["accepted"])
+        rejected += int(answer["rejected"])
+    return accepted, rejected
+
+
+async def ingest(oracle_url: str, workload: Workload) -> tuple[int, int, float]:
+    """Post the workload; returns (accepted, rejected, seconds) of the measured part."""
+    url = oracle_url + "/v1/readings"
+    timeout = aiohttp.ClientTimeout(total=300)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        warm_accepted, _ = await post_batches(session, url, [workload.warmup])
+        if warm_accepted == 0:
+            raise RuntimeError("the oracle accepted none of the warm-up readings")
+        start = time.perf_counter()
+        results = await asyncio.gather(*(post_batches(session, url, bodies) for bodies in workload.clients))
+        elapsed = time.perf_counter() - start
+    return sum(a for a, _ in results), sum(r for _, r in results), elapsed
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--readings", type=int, default=20_000, help="readings posted (default: %(default)s)")
+    parser.add_argument("--meters", type=int, default=200, help="registered meters (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=500, help="readings per POST (default: %(default)s)")
+    parser.add_argument("--clients", type=int, default=4, help="concurrent HTTP clients (default: %(default)s)")
+    parser.add_argument("--profile-oracle", type=Path, help="run the oracle under cProfile, stats to this file")
+    args = parser.parse_args(argv)
+    if min(args.readings, args.meters, args.batch_size, args.clients) < 1:
+        parser.error("--readings, --meters, --batch-size and --clients must be positive")
+
+    with Anvil(accounts=4) as node, tempfile.TemporaryDirectory(prefix="energykart-bench-") as tmp:
+        w3 = Web3(Web3.HTTPProvider(node.url, request_kwargs={"timeout": 60}))
+        registrar = w3.eth.accounts[0]
+        market = deploy_market(w3, registrar)
+        meters: list[LocalAccount] = [Account.create() for _ in range(args.meters)]
+        register_meters(market, registrar, [(m.address, registrar) for m in meters])
+        domain = Domain(chain_id=w3.eth.chain_id, contract=market.address)
+        workload = build_workload(meters, domain, args.readings, args.batch_size, args.clients)
+        raw = raw_recover_per_s(workload.sample, domain)
+        with oracle_process(node.url, market.address, Path(tmp), args.profile_oracle) as (oracle_url, _):
+            accepted, rejected, seconds = asyncio.run(ingest(oracle_url, workload))
+
+    rate = accepted / seconds
+    ratio = rate / raw
+    print(
+        json.dumps(
+            {
+                "ingest_readings_per_s": round(rate, 1),
+                "raw_recover_per_s": round(raw, 1),
+                "ratio": round(ratio, 3),
+                "readings": workload.readings,
+                "accepted": accepted,
+                "rejected": rejected,
+                "batch_size": args.batch_size,
+                "clients": args.clients,
+                "meters": args.meters,
+                "seconds": round(seconds, 3),
+                "target": {
+                    "ingest_min": TARGET_INGEST,
+                    "ratio_min": TARGET_RATIO,
+                    "met": rate >= TARGET_INGEST and ratio >= TARGET_RATIO and rejected == 0,
+                },
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

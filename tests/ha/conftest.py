@@ -112,11 +112,11 @@ async def setup_entry(hass: HomeAssistant, entry: MockConfigEntry) -> MockConfig
     return entry
 
 
-async def poll(hass: HomeAssistant, freezer: FrozenDateTimeFactory, seconds: int = 30) -> None:
+async def poll(hass: HomeAssistant, freezer: FrozenDateTimeFactory, seconds: int = 31) -> None:
     """Let the poll interval pass."""
     freezer.tick(timedelta(seconds=seconds))
     async_fire_time_changed(hass)
-    await hass.async_block_till_done()
+    await hass.async_block_till_done(wait_background_tasks=True)
 
 
 def reported_meter(chain: Chain, owner: str, wh: int = 1000) -> LocalAccount:

@@ -97,11 +97,20 @@ def _account(user_input: Mapping[str, Any], errors: dict[str, str]) -> str | Non
 
 
 async def _check_market(
-    hass: HomeAssistant, rpc_url: str, contract: str, account: str, meter: str | None, errors: dict[str, str]
+    hass: HomeAssistant,
+    rpc_url: str,
+    contract: str,
+    account: str,
+    meter: str | None,
+    errors: dict[str, str],
+    chain_id: int | None = None,
 ) -> tuple[int, int] | None:
-    """Check node, contract and meter; return (chain id, current block) or None with errors set."""
+    """Check node, chain, contract and meter; return (chain id, current block) or None with errors set."""
     client = EnergyKartClient(async_get_clientsession(hass), rpc_url, contract, account)
     try:
+        if chain_id is not None and await client.chain_id() != chain_id:
+            errors[CONF_RPC_URL] = "wrong_chain"
+            return None
         chain_id = await client.validate()
         block = await client.block_number()
         if meter and await client.meter_owner(meter) != account:
@@ -211,14 +220,10 @@ class EnergyKartConfigFlow(ConfigFlow, domain=DOMAIN):
                 entry.data[CONF_ACCOUNT],
                 None,
                 errors,
+                entry.data[CONF_CHAIN_ID],
             )
             if checked is not None:
-                if checked[0] != entry.data[CONF_CHAIN_ID]:
-                    errors[CONF_RPC_URL] = "wrong_chain"
-                else:
-                    return self.async_update_reload_and_abort(
-                        entry, data_updates={CONF_RPC_URL: user_input[CONF_RPC_URL]}
-                    )
+                return self.async_update_reload_and_abort(entry, data_updates={CONF_RPC_URL: user_input[CONF_RPC_URL]})
         return self.async_show_form(
             step_id="reconfigure",
             data_schema=self.add_suggested_values_to_schema(

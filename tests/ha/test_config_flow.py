@@ -1,0 +1,190 @@
+"""Config flow: every error, duplicates, reauthentication, reconfiguration and options."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from custom_components.energykart.const import (
+    CONF_ACCOUNT,
+    CONF_CONTRACT_ADDRESS,
+    CONF_GRID_EXPORT,
+    CONF_METER_ADDRESS,
+    CONF_PRIVATE_KEY,
+    CONF_RPC_URL,
+    CONF_SCAN_INTERVAL,
+    DOMAIN,
+)
+from devchain.anvil import Anvil, free_port
+from homeassistant.config_entries import SOURCE_USER, ConfigEntryState
+from homeassistant.core import HomeAssistant
+from homeassistant.data_entry_flow import FlowResultType
+from tests.chain import Chain
+
+from .conftest import BUYER, RIVAL, SELLER, market_entry, reported_meter, setup_entry
+
+
+def key_hex(account: Any) -> str:
+    return "0x" + bytes(account.key).hex()
+
+
+async def start(hass: HomeAssistant, user_input: dict[str, Any]) -> Any:
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    assert result["type"] is FlowResultType.FORM
+    return await hass.config_entries.flow.async_configure(result["flow_id"], user_input)
+
+
+async def test_create_trading_entry(hass: HomeAssistant, chain: Chain, anvil: Anvil) -> None:
+    """A private key makes a trading entry, unique per chain, contract and account."""
+    meter = reported_meter(chain, SELLER.address)
+    result = await start(
+        hass,
+        {
+            CONF_RPC_URL: anvil.url,
+            CONF_CONTRACT_ADDRESS: chain.market.address.lower(),
+            CONF_PRIVATE_KEY: key_hex(SELLER),
+            CONF_METER_ADDRESS: meter.address,
+            CONF_GRID_EXPORT: "sensor.grid_export",
+        },
+    )
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    assert result["title"] == "Energy-Kart 0x71bE…5788"
+    assert result["data"][CONF_ACCOUNT] == SELLER.address
+    assert result["data"][CONF_CONTRACT_ADDRESS] == chain.market.address
+    assert result["options"] == {
+        CONF_SCAN_INTERVAL: 30,
+        CONF_GRID_EXPORT: "sensor.grid_export",
+        CONF_METER_ADDRESS: meter.address,
+    }
+    assert result["result"].unique_id == f"31337_{chain.market.address.lower()}_{SELLER.address.lower()}"
+
+    again = await start(
+        hass, {CONF_RPC_URL: anvil.url, CONF_CONTRACT_ADDRESS: chain.market.address, CONF_ACCOUNT: SELLER.address}
+    )
+    assert again["type"] is FlowResultType.ABORT
+    assert again["reason"] == "already_configured"
+
+
+async def test_create_watch_only_entry(hass: HomeAssistant, chain: Chain, anvil: Anvil) -> None:
+    """An address alone makes a watch-only entry."""
+    result = await start(
+        hass, {CONF_RPC_URL: anvil.url, CONF_CONTRACT_ADDRESS: chain.market.address, CONF_ACCOUNT: RIVAL.address}
+    )
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    assert CONF_PRIVATE_KEY not in result["data"]
+
+
+@pytest.mark.parametrize(
+    ("override", "errors"),
+    [
+        ({CONF_RPC_URL: "http://127.0.0.1:{free}"}, {"base": "cannot_connect"}),
+        ({CONF_CONTRACT_ADDRESS: "{registrar}"}, {CONF_CONTRACT_ADDRESS: "no_contract"}),
+        ({CONF_CONTRACT_ADDRESS: "{meter}"}, {CONF_CONTRACT_ADDRESS: "no_contract"}),
+        ({CONF_CONTRACT_ADDRESS: "not an address"}, {CONF_CONTRACT_ADDRESS: "invalid_address"}),
+        ({CONF_PRIVATE_KEY: "0x1234"}, {CONF_PRIVATE_KEY: "invalid_private_key"}),
+        ({CONF_PRIVATE_KEY: "", CONF_ACCOUNT: ""}, {"base": "account_required"}),
+        ({CONF_PRIVATE_KEY: "", CONF_ACCOUNT: "0xabc"}, {CONF_ACCOUNT: "invalid_address"}),
+        ({CONF_ACCOUNT: "{buyer}"}, {CONF_ACCOUNT: "key_account_mismatch"}),
+        ({CONF_METER_ADDRESS: "meter"}, {CONF_METER_ADDRESS: "invalid_address"}),
+        ({CONF_METER_ADDRESS: "{meter}"}, {CONF_METER_ADDRESS: "meter_not_owned"}),
+    ],
+)
+async def test_user_errors(
+    hass: HomeAssistant, chain: Chain, anvil: Anvil, override: dict[str, str], errors: dict[str, str]
+) -> None:
+    """Each check gives a translated form error, and the form can then be completed."""
+    meter = reported_meter(chain, BUYER.address)
+    values = {"free": free_port(), "registrar": chain.registrar, "buyer": BUYER.address, "meter": meter.address}
+    good = {CONF_RPC_URL: anvil.url, CONF_CONTRACT_ADDRESS: chain.market.address, CONF_PRIVATE_KEY: key_hex(SELLER)}
+    user_input = {**good, **{key: value.format(**values) for key, value in override.items()}}
+    result = await start(hass, user_input)
+    assert result["type"] is FlowResultType.FORM
+    assert result["errors"] == errors
+
+    result = await hass.config_entries.flow.async_configure(result["flow_id"], good)
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+
+
+async def test_wrong_contract(hass: HomeAssistant, chain: Chain, anvil: Anvil) -> None:
+    """A contract that is not a market is refused."""
+    # Any contract bytecode that does not answer the market's identity calls.
+    chain.w3.provider.make_request("anvil_setCode", [BUYER.address, "0x600160005260206000f3"])  # type: ignore[arg-type]
+    try:
+        result = await start(
+            hass, {CONF_RPC_URL: anvil.url, CONF_CONTRACT_ADDRESS: BUYER.address, CONF_ACCOUNT: RIVAL.address}
+        )
+    finally:
+        chain.w3.provider.make_request("anvil_setCode", [BUYER.address, "0x"])  # type: ignore[arg-type]
+    assert result["errors"] == {CONF_CONTRACT_ADDRESS: "wrong_contract"}
+
+
+async def test_reauth(hass: HomeAssistant, chain: Chain, anvil: Anvil) -> None:
+    """Reauthentication takes a key of the same account, and turns a watch-only entry into a trading one."""
+    entry = await setup_entry(hass, market_entry(chain, anvil.url, SELLER, trading=False))
+    assert hass.states.get("button.energy_kart_0x71be_5788_withdraw_credit") is None
+    result = await entry.start_reauth_flow(hass)
+    assert result["step_id"] == "reauth_confirm"
+    result = await hass.config_entries.flow.async_configure(result["flow_id"], {CONF_PRIVATE_KEY: "nope"})
+    assert result["errors"] == {CONF_PRIVATE_KEY: "invalid_private_key"}
+    result = await hass.config_entries.flow.async_configure(result["flow_id"], {CONF_PRIVATE_KEY: key_hex(BUYER)})
+    assert result["errors"] == {CONF_PRIVATE_KEY: "wrong_account"}
+    result = await hass.config_entries.flow.async_configure(result["flow_id"], {CONF_PRIVATE_KEY: key_hex(SELLER)})
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "reauth_successful"
+    await hass.async_block_till_done()
+    assert entry.data[CONF_PRIVATE_KEY] == key_hex(SELLER)
+    assert hass.states.get("button.energy_kart_0x71be_5788_withdraw_credit") is not None
+
+
+async def test_reconfigure(hass: HomeAssistant, chain: Chain, anvil: Anvil) -> None:
+    """An entry whose node moved is pointed at a node of the same chain, then loads."""
+    entry = market_entry(chain, f"http://127.0.0.1:{free_port()}", SELLER)
+    entry.add_to_hass(hass)
+    await hass.config_entries.async_setup(entry.entry_id)
+    assert entry.state is ConfigEntryState.SETUP_RETRY
+    result = await entry.start_reconfigure_flow(hass)
+    assert result["step_id"] == "reconfigure"
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {CONF_RPC_URL: f"http://127.0.0.1:{free_port()}"}
+    )
+    assert result["errors"] == {"base": "cannot_connect"}
+    with Anvil(chain_id=4242) as other:
+        result = await hass.config_entries.flow.async_configure(result["flow_id"], {CONF_RPC_URL: other.url})
+    assert result["errors"] == {CONF_RPC_URL: "wrong_chain"}
+    result = await hass.config_entries.flow.async_configure(result["flow_id"], {CONF_RPC_URL: anvil.url})
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "reconfigure_successful"
+    await hass.async_block_till_done()
+    assert entry.data[CONF_RPC_URL] == anvil.url
+    assert entry.state is ConfigEntryState.LOADED
+
+
+async def test_options(hass: HomeAssistant, chain: Chain, anvil: Anvil) -> None:
+    """Options change the poll interval, the meter and the sources; a bad meter is refused."""
+    entry = await setup_entry(hass, market_entry(chain, anvil.url, SELLER))
+    meter = reported_meter(chain, SELLER.address)
+    foreign = reported_meter(chain, BUYER.address)
+    result = await hass.config_entries.options.async_init(entry.entry_id)
+    assert result["step_id"] == "init"
+    result = await hass.config_entries.options.async_configure(
+        result["flow_id"], {CONF_SCAN_INTERVAL: 60, CONF_METER_ADDRESS: "0x12"}
+    )
+    assert result["errors"] == {CONF_METER_ADDRESS: "invalid_address"}
+    result = await hass.config_entries.options.async_configure(
+        result["flow_id"], {CONF_SCAN_INTERVAL: 60, CONF_METER_ADDRESS: foreign.address}
+    )
+    assert result["errors"] == {CONF_METER_ADDRESS: "meter_not_owned"}
+    result = await hass.config_entries.options.async_configure(
+        result["flow_id"],
+        {CONF_SCAN_INTERVAL: 60, CONF_METER_ADDRESS: meter.address.lower(), CONF_GRID_EXPORT: "sensor.export"},
+    )
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    await hass.async_block_till_done()
+    assert entry.options == {
+        CONF_SCAN_INTERVAL: 60,
+        CONF_METER_ADDRESS: meter.address,
+        CONF_GRID_EXPORT: "sensor.export",
+    }
+    assert entry.runtime_data.update_interval is not None
+    assert entry.runtime_data.update_interval.total_seconds() == 60

@@ -27,6 +27,7 @@ from web3.exceptions import (
     ContractLogicError,
     ProviderConnectionError,
     Web3Exception,
+    Web3RPCError,
 )
 from web3.providers.async_base import AsyncJSONBaseProvider
 from web3.types import LogReceipt, RPCEndpoint, RPCResponse, TxParams
@@ -417,10 +418,12 @@ class EnergyKartClient:
         if self._signer is None:
             raise WatchOnlyError(self.account)
         try:
+            balance = await self.w3.eth.get_balance(self.account)
+            if balance < value:
+                raise InsufficientFundsError(value, balance)
             nonce = await self.w3.eth.get_transaction_count(self.account, "pending")
             params: TxParams = {"from": self.account, "value": value, "nonce": nonce}
             tx = await function.build_transaction(params)
-            balance = await self.w3.eth.get_balance(self.account)
             fee = int(tx.get("maxFeePerGas", tx.get("gasPrice", 0)))  # type: ignore[arg-type]
             required = value + int(tx["gas"]) * fee
             if balance < required:
@@ -430,6 +433,8 @@ class EnergyKartClient:
             receipt = await self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120, poll_latency=0.2)
         except (ContractCustomError, ContractLogicError) as err:
             raise TransactionRejectedError(error_name(err)) from err
+        except Web3RPCError as err:  # the node refused it, e.g. too little ETH for the gas
+            raise TransactionRejectedError(str(err.message or "Rejected")) from err
         except (ProviderConnectionError, aiohttp.ClientError, TimeoutError) as err:
             raise EnergyKartConnectionError(str(err)) from err
         if receipt["status"] != 1:

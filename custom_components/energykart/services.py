@@ -79,7 +79,7 @@ def _invalid(key: str, **placeholders: str) -> ServiceValidationError:
 def _to_wei(eth: float) -> int:
     try:
         return int(Decimal(str(eth)) * WEI_PER_ETH)
-    except InvalidOperation as err:
+    except (InvalidOperation, ValueError) as err:  # nan, inf
         raise _invalid("invalid_price", price=str(eth)) from err
 
 

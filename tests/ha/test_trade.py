@@ -60,14 +60,19 @@ async def test_full_trade(hass: HomeAssistant, chain: Chain, anvil: Anvil, freez
     assert state(hass, f"sensor.{BUYER_ID}_best_open_price") == "0.0001"
 
     response = await hass.services.async_call(
-        DOMAIN, "bid", {"config_entry_id": buyer.entry_id, "offer_id": 1, "price": 0.0002}, blocking=True,
+        DOMAIN,
+        "bid",
+        {"config_entry_id": buyer.entry_id, "offer_id": 1, "price": 0.0002},
+        blocking=True,
         return_response=True,
     )
     assert response is not None
     assert str(response["transaction_hash"]).startswith("0x")
     assert float(state(hass, f"sensor.{BUYER_ID}_escrow_locked")) == 0.0004
     chain.tx(
-        chain.market.functions.bid(1, 3 * 10**14, rival_meter.address), RIVAL.address, value=chain.escrow_for(1, 3 * 10**14)
+        chain.market.functions.bid(1, 3 * 10**14, rival_meter.address),
+        RIVAL.address,
+        value=chain.escrow_for(1, 3 * 10**14),
     )
     await poll(hass, freezer)
     assert [event.data["offer_id"] for event in outbid] == [1]
@@ -75,7 +80,10 @@ async def test_full_trade(hass: HomeAssistant, chain: Chain, anvil: Anvil, freez
     assert float(state(hass, f"sensor.{SELLER_ID}_highest_bid_on_my_offer")) == 0.0003
 
     await hass.services.async_call(
-        DOMAIN, "bid", {"config_entry_id": buyer.entry_id, "offer_id": 1, "price": 0.0004}, blocking=True,
+        DOMAIN,
+        "bid",
+        {"config_entry_id": buyer.entry_id, "offer_id": 1, "price": 0.0004},
+        blocking=True,
         return_response=True,
     )
     chain.travel(601)

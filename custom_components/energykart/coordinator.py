@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from eth_typing import ChecksumAddress
-from web3.exceptions import Web3Exception
+from web3.exceptions import Web3Exception, Web3RPCError
 
 from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import HomeAssistant
@@ -99,7 +99,7 @@ class EnergyKartCoordinator(DataUpdateCoordinator[EnergyKartData]):
 
     async def _async_update_data(self) -> EnergyKartData:
         try:
-            read = await self.client.read_market(sorted(self._offers), sorted(self._connections), self._next_block)
+            read = await self._read_market()
             offers = dict(read.offers)
             connections = dict(read.connections)
             unseen = [
@@ -127,14 +127,32 @@ class EnergyKartCoordinator(DataUpdateCoordinator[EnergyKartData]):
                 self._history.ended[connection.id] = (connection.delivered_wh, connection.paid_wei)
         self._offers = set(my_offers)
         self._connections = set(live_connections)
-        self._read_history(read.events)
+        events = tuple(event for event in read.events if event.block >= self._next_block)
+        self._read_history(events)
         if not self._replaying:
-            self._fire_events(read.events, connections)
+            self._fire_events(events, connections)
         self._replaying = False
         self._next_block = max([read.block, *(event.block for event in read.events)]) + 1
         data = self._summarize(read, my_offers, live_connections)
         self._remove_stale_devices(set(live_connections))
         return data
+
+    async def _read_market(self) -> MarketRead:
+        """Read the market and the logs since the last update.
+
+        The log range starts one block before the first unread block (that block's logs are
+        dropped again), so it never starts beyond the node's head when no block was mined since.
+        """
+        query_from = max(self.config_entry.data[CONF_START_BLOCK], self._next_block - 1)
+        try:
+            return await self.client.read_market(sorted(self._offers), sorted(self._connections), query_from)
+        except Web3RPCError:
+            head = await self.client.block_number()
+            if head >= query_from:
+                raise
+            # The node went back (restarted from a state snapshot, or a reorganisation): read on from its head.
+            self._next_block = head + 1
+            return await self.client.read_market(sorted(self._offers), sorted(self._connections), head)
 
     def _read_history(self, events: tuple[MarketEvent, ...]) -> None:
         for event in events:

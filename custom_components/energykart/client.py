@@ -6,17 +6,17 @@ posts JSON-RPC through the one ``aiohttp.ClientSession`` it is given, which it n
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-import json
 from pathlib import Path
 from typing import Any, cast
 
 import aiohttp
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_typing import ChecksumAddress
+from eth_typing import ABIEvent, ChecksumAddress
 from eth_utils.abi import event_abi_to_log_topic
 from eth_utils.crypto import keccak
 from hexbytes import HexBytes
@@ -30,7 +30,7 @@ from web3.exceptions import (
     Web3RPCError,
 )
 from web3.providers.async_base import AsyncJSONBaseProvider
-from web3.types import LogReceipt, RPCEndpoint, RPCResponse, TxParams
+from web3.types import LogReceipt, RPCEndpoint, RPCResponse, TxParams, Wei
 
 ABI: list[dict[str, Any]] = json.loads((Path(__file__).parent / "abi" / "EnergyMarket.json").read_text())
 DOMAIN_NAME = "Energy-Kart"
@@ -41,7 +41,9 @@ _ERRORS = {
     for item in ABI
     if item["type"] == "error"
 }
-_EVENTS = {HexBytes(event_abi_to_log_topic(item)): item["name"] for item in ABI if item["type"] == "event"}
+_EVENTS = {
+    HexBytes(event_abi_to_log_topic(cast(ABIEvent, item))): item["name"] for item in ABI if item["type"] == "event"
+}
 
 
 class Status(IntEnum):
@@ -224,7 +226,7 @@ class SessionJSONRPCProvider(AsyncJSONBaseProvider):
 def error_name(err: ContractLogicError) -> str:
     """The name of a contract's custom error, from its revert data."""
     data = err.data if isinstance(err.data, str) else ""
-    return _ERRORS.get(data[:10], "Reverted")
+    return str(_ERRORS.get(data[:10], "Reverted"))
 
 
 def is_private_key(text: str) -> bool:
@@ -290,9 +292,7 @@ class EnergyKartClient:
         return chain_id
 
     async def meter_owner(self, meter: str) -> ChecksumAddress:
-        view = await self._guard(
-            self.contract.functions.meterOf(AsyncWeb3.to_checksum_address(meter)).call()
-        )
+        view = await self._guard(self.contract.functions.meterOf(AsyncWeb3.to_checksum_address(meter)).call())
         return cast(ChecksumAddress, view[0])
 
     async def get_offer(self, offer_id: int) -> Offer | None:
@@ -303,9 +303,7 @@ class EnergyKartClient:
             return None
         return Offer.from_tuple(raw)
 
-    async def read_market(
-        self, offer_ids: Iterable[int], connection_ids: Iterable[int], from_block: int
-    ) -> MarketRead:
+    async def read_market(self, offer_ids: Iterable[int], connection_ids: Iterable[int], from_block: int) -> MarketRead:
         """One batched round trip: account, market, the given records and the logs since `from_block`."""
         offer_ids = tuple(offer_ids)
         connection_ids = tuple(connection_ids)
@@ -330,7 +328,7 @@ class EnergyKartClient:
         except (ProviderConnectionError, aiohttp.ClientError, TimeoutError) as err:
             raise EnergyKartConnectionError(str(err)) from err
         block, balance, account, count, page, logs = results[:6]
-        records = results[6:]
+        records: list[Any] = results[6:]
         return MarketRead(
             block=int(block),
             balance_wei=int(balance),
@@ -339,9 +337,7 @@ class EnergyKartClient:
             open_ids=tuple(int(i) for i in account[2]),
             open_offer_count=int(count),
             open_offers=tuple(Offer.from_tuple(raw) for raw in page[0]),
-            offers={
-                offer_id: Offer.from_tuple(raw) for offer_id, raw in zip(offer_ids, records, strict=False)
-            },
+            offers={offer_id: Offer.from_tuple(raw) for offer_id, raw in zip(offer_ids, records, strict=False)},
             connections={
                 connection_id: Connection.from_tuple(raw)
                 for connection_id, raw in zip(connection_ids, records[len(offer_ids) :], strict=True)
@@ -358,7 +354,7 @@ class EnergyKartClient:
                     batch.add(self.contract.functions.getOffer(offer_id))
                 offers = {
                     offer_id: Offer.from_tuple(raw)
-                    for offer_id, raw in zip(offer_ids, await batch.async_execute(), strict=True)
+                    for offer_id, raw in zip(offer_ids, cast(list[Any], await batch.async_execute()), strict=True)
                 }
             awarded = [offer.id for offer in offers.values() if offer.status >= Status.ACTIVE]
             connections: dict[int, Connection] = {}
@@ -368,7 +364,9 @@ class EnergyKartClient:
                         batch.add(self.contract.functions.getConnection(connection_id))
                     connections = {
                         connection_id: Connection.from_tuple(raw)
-                        for connection_id, raw in zip(awarded, await batch.async_execute(), strict=True)
+                        for connection_id, raw in zip(
+                            awarded, cast(list[Any], await batch.async_execute()), strict=True
+                        )
                     }
         except (ProviderConnectionError, aiohttp.ClientError, TimeoutError) as err:
             raise EnergyKartConnectionError(str(err)) from err
@@ -422,9 +420,9 @@ class EnergyKartClient:
             if balance < value:
                 raise InsufficientFundsError(value, balance)
             nonce = await self.w3.eth.get_transaction_count(self.account, "pending")
-            params: TxParams = {"from": self.account, "value": value, "nonce": nonce}
+            params: TxParams = {"from": self.account, "value": Wei(value), "nonce": nonce}
             tx = await function.build_transaction(params)
-            fee = int(tx.get("maxFeePerGas", tx.get("gasPrice", 0)))  # type: ignore[arg-type]
+            fee = int(tx.get("maxFeePerGas", tx.get("gasPrice", 0)))
             required = value + int(tx["gas"]) * fee
             if balance < required:
                 raise InsufficientFundsError(required, balance)

@@ -5,10 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from eth_account import Account
 import voluptuous as vol
-from web3 import Web3
-
+from eth_account import Account
 from homeassistant.config_entries import ConfigFlow, ConfigFlowResult, OptionsFlow
 from homeassistant.core import HomeAssistant, callback
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
@@ -22,6 +20,7 @@ from homeassistant.helpers.selector import (
     TextSelectorConfig,
     TextSelectorType,
 )
+from web3 import Web3
 
 from .client import EnergyKartClient, EnergyKartConnectionError, NoContractError, WrongContractError, is_private_key
 from .const import (
@@ -56,7 +55,7 @@ _SOURCE_SELECTORS = {
     CONF_BATTERY_SOC: EntitySelector(EntitySelectorConfig(domain="sensor", device_class="battery")),
     CONF_BATTERY_POWER: _POWER,
 }
-_SOURCES_SCHEMA = {vol.Optional(key): selector for key, selector in _SOURCE_SELECTORS.items()}
+_SOURCES_SCHEMA: dict[vol.Marker, Any] = {vol.Optional(key): selector for key, selector in _SOURCE_SELECTORS.items()}
 
 USER_SCHEMA = vol.Schema(
     {
@@ -154,9 +153,7 @@ class EnergyKartConfigFlow(ConfigFlow, domain=DOMAIN):
             meter = _meter(user_input, errors)
             if not errors and account is not None:
                 contract = str(Web3.to_checksum_address(contract))
-                checked = await _check_market(
-                    self.hass, user_input[CONF_RPC_URL], contract, account, meter, errors
-                )
+                checked = await _check_market(self.hass, user_input[CONF_RPC_URL], contract, account, meter, errors)
                 if checked is not None:
                     chain_id, block = checked
                     await self.async_set_unique_id(f"{chain_id}_{contract.lower()}_{account.lower()}")

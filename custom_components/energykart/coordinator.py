@@ -7,13 +7,12 @@ from datetime import timedelta
 from typing import Any
 
 from eth_typing import ChecksumAddress
-from web3.exceptions import Web3Exception, Web3RPCError
-
 from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
 from homeassistant.helpers.update_coordinator import DataUpdateCoordinator, UpdateFailed
+from web3.exceptions import Web3Exception, Web3RPCError
 
 from .client import Connection, EnergyKartClient, EnergyKartError, MarketEvent, MarketRead, Offer, Status
 from .const import (
@@ -218,7 +217,9 @@ class EnergyKartCoordinator(DataUpdateCoordinator[EnergyKartData]):
                     {"config_entry_id": entry_id, "connection_id": args["id"], "role": role},
                 )
 
-    def _fire_settled(self, connection_id: int, role: str, delivered_wh: int, paid_wei: int, final: bool = False) -> None:
+    def _fire_settled(
+        self, connection_id: int, role: str, delivered_wh: int, paid_wei: int, final: bool = False
+    ) -> None:
         self.hass.bus.async_fire(
             EVENT_SETTLED,
             {

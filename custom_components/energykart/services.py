@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 from decimal import Decimal, InvalidOperation
-from typing import Final
+from typing import Any, Final
 
 import voluptuous as vol
-
 from homeassistant.config_entries import ConfigEntryState
 from homeassistant.core import HomeAssistant, ServiceCall, ServiceResponse, SupportsResponse, callback
 from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
@@ -41,7 +40,7 @@ SERVICE_CLOSE_CONNECTION: Final = "close_connection"
 SERVICE_WITHDRAW: Final = "withdraw"
 SERVICE_LIST_OFFERS: Final = "list_offers"
 
-_ENTRY = {vol.Required(ATTR_CONFIG_ENTRY_ID): cv.string}
+_ENTRY: dict[vol.Marker, Any] = {vol.Required(ATTR_CONFIG_ENTRY_ID): cv.string}
 SELL_SCHEMA: Final = vol.Schema(
     {
         **_ENTRY,
@@ -106,13 +105,17 @@ async def _send[T](coordinator: EnergyKartCoordinator, transaction: Awaitable[T]
         raise _invalid("watch_only") from err
     except InsufficientFundsError as err:
         raise _invalid(
-            "insufficient_funds", required=f"{wei_to_eth(err.required_wei):.6f}", balance=f"{wei_to_eth(err.balance_wei):.6f}"
+            "insufficient_funds",
+            required=f"{wei_to_eth(err.required_wei):.6f}",
+            balance=f"{wei_to_eth(err.balance_wei):.6f}",
         ) from err
     except TransactionRejectedError as err:
         if key := _REJECTIONS.get(err.reason):
             raise _invalid(key) from err
         raise HomeAssistantError(
-            translation_domain=DOMAIN, translation_key="transaction_rejected", translation_placeholders={"reason": err.reason}
+            translation_domain=DOMAIN,
+            translation_key="transaction_rejected",
+            translation_placeholders={"reason": err.reason},
         ) from err
     except EnergyKartConnectionError as err:
         raise HomeAssistantError(translation_domain=DOMAIN, translation_key="node_unreachable") from err

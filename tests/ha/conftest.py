@@ -6,11 +6,15 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from freezegun.api import FrozenDateTimeFactory
-import pytest
-from pytest_homeassistant_custom_component.common import MockConfigEntry, async_fire_time_changed
+from homeassistant.core import HomeAssistant
+from pytest_homeassistant_custom_component.common import (  # type: ignore[import-untyped]
+    MockConfigEntry,
+    async_fire_time_changed,
+)
 from web3 import Web3
 from web3.types import RPCEndpoint
 
@@ -27,7 +31,6 @@ from custom_components.energykart.const import (
 )
 from devchain.anvil import DEFAULT_MNEMONIC, Anvil
 from devchain.deploy import deploy_market
-from homeassistant.core import HomeAssistant
 from oracle.readings import Domain
 from tests.chain import Chain
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from homeassistant.config_entries import SOURCE_USER, ConfigEntryState
+from homeassistant.core import HomeAssistant
+from homeassistant.data_entry_flow import FlowResultType
 
 from custom_components.energykart.const import (
     CONF_ACCOUNT,
@@ -17,9 +20,6 @@ from custom_components.energykart.const import (
     DOMAIN,
 )
 from devchain.anvil import Anvil, free_port
-from homeassistant.config_entries import SOURCE_USER, ConfigEntryState
-from homeassistant.core import HomeAssistant
-from homeassistant.data_entry_flow import FlowResultType
 from tests.chain import Chain
 
 from .conftest import BUYER, RIVAL, SELLER, market_entry, reported_meter, setup_entry
@@ -157,7 +157,7 @@ async def test_reconfigure(hass: HomeAssistant, chain: Chain, anvil: Anvil) -> N
     assert result["reason"] == "reconfigure_successful"
     await hass.async_block_till_done()
     assert entry.data[CONF_RPC_URL] == anvil.url
-    assert entry.state is ConfigEntryState.LOADED
+    assert entry.state is ConfigEntryState.LOADED  # type: ignore[comparison-overlap]
 
 
 async def test_options(hass: HomeAssistant, chain: Chain, anvil: Anvil) -> None:

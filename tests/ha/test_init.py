@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from freezegun.api import FrozenDateTimeFactory
-import pytest
-
-from devchain.anvil import Anvil
 from homeassistant.config_entries import ConfigEntryState
 from homeassistant.const import STATE_UNAVAILABLE
 from homeassistant.core import HomeAssistant
-from homeassistant.helpers import device_registry as dr, entity_registry as er
+from homeassistant.helpers import device_registry as dr
+from homeassistant.helpers import entity_registry as er
+
+from devchain.anvil import Anvil
 from tests.chain import Chain
 
-from .conftest import SELLER, make_chain, market_entry, poll, setup_entry
+from .conftest import SELLER, market_entry, setup_entry
 
 
 async def test_setup_and_unload(hass: HomeAssistant, chain: Chain, anvil: Anvil) -> None:
@@ -21,11 +20,13 @@ async def test_setup_and_unload(hass: HomeAssistant, chain: Chain, anvil: Anvil)
     assert entry.state is ConfigEntryState.LOADED
     devices = dr.async_entries_for_config_entry(dr.async_get(hass), entry.entry_id)
     assert [device.name for device in devices] == [entry.title]
-    assert hass.states.get("sensor.energy_kart_0x71be_5788_wallet_balance").state == "100.0"
+    balance = hass.states.get("sensor.energy_kart_0x71be_5788_wallet_balance")
+    assert balance is not None
+    assert balance.state == "100.0"
 
     assert await hass.config_entries.async_unload(entry.entry_id)
     await hass.async_block_till_done()
-    assert entry.state is ConfigEntryState.NOT_LOADED
+    assert entry.state is ConfigEntryState.NOT_LOADED  # type: ignore[comparison-overlap]
     for entity in er.async_entries_for_config_entry(er.async_get(hass), entry.entry_id):
         state = hass.states.get(entity.entity_id)
         assert state is None or state.state == STATE_UNAVAILABLE

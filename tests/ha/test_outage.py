@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from freezegun.api import FrozenDateTimeFactory
 import pytest
-
-from custom_components.energykart.const import DOMAIN
-from devchain.anvil import Anvil
+from freezegun.api import FrozenDateTimeFactory
 from homeassistant.const import STATE_UNAVAILABLE
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
+
+from custom_components.energykart.const import DOMAIN
+from devchain.anvil import Anvil
 
 from .conftest import SELLER, make_chain, market_entry, poll, setup_entry
 

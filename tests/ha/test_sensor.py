@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 from freezegun.api import FrozenDateTimeFactory
+from homeassistant.core import HomeAssistant
+from homeassistant.helpers import entity_registry as er
 from syrupy.assertion import SnapshotAssertion
 
 from custom_components.energykart.const import (
@@ -16,8 +18,6 @@ from custom_components.energykart.const import (
 )
 from custom_components.energykart.diagnostics import async_get_config_entry_diagnostics
 from devchain.anvil import Anvil
-from homeassistant.core import HomeAssistant
-from homeassistant.helpers import entity_registry as er
 from tests.chain import Chain
 
 from .conftest import BUYER, RIVAL, SELLER, market_entry, poll, reported_meter, setup_entry
@@ -103,7 +103,14 @@ async def test_diagnostics(hass: HomeAssistant, chain: Chain, anvil: Anvil, free
     await poll(hass, freezer)
     diagnostics = await async_get_config_entry_diagnostics(hass, entry)
     text = json.dumps(diagnostics, default=str).lower()
-    for secret in (bytes(BUYER.key).hex(), BUYER.address, SELLER.address, meter.address, chain.market.address, anvil.url):
+    for secret in (
+        bytes(BUYER.key).hex(),
+        BUYER.address,
+        SELLER.address,
+        meter.address,
+        chain.market.address,
+        anvil.url,
+    ):
         assert secret.lower().removeprefix("0x") not in text
     assert diagnostics["entry"]["data"]["private_key"] == "**REDACTED**"
     assert diagnostics["data"]["connections"][0]["buyer"] == "**REDACTED**"

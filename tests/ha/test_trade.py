@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from freezegun.api import FrozenDateTimeFactory
-from pytest_homeassistant_custom_component.common import async_capture_events
+from homeassistant.components.button.const import DOMAIN as BUTTON_DOMAIN
+from homeassistant.components.button.const import SERVICE_PRESS
+from homeassistant.components.switch.const import DOMAIN as SWITCH_DOMAIN
+from homeassistant.const import ATTR_ENTITY_ID, SERVICE_TURN_OFF, STATE_OFF, STATE_ON
+from homeassistant.core import HomeAssistant
+from homeassistant.helpers import device_registry as dr
+from pytest_homeassistant_custom_component.common import async_capture_events  # type: ignore[import-untyped]
 
 from custom_components.energykart.const import (
     DOMAIN,
@@ -14,11 +20,6 @@ from custom_components.energykart.const import (
     EVENT_SETTLED,
 )
 from devchain.anvil import Anvil
-from homeassistant.components.button import DOMAIN as BUTTON_DOMAIN, SERVICE_PRESS
-from homeassistant.components.switch import DOMAIN as SWITCH_DOMAIN
-from homeassistant.const import ATTR_ENTITY_ID, SERVICE_TURN_OFF, STATE_OFF, STATE_ON
-from homeassistant.core import HomeAssistant
-from homeassistant.helpers import device_registry as dr
 from tests.chain import Chain
 
 from .conftest import BUYER, RIVAL, SELLER, market_entry, poll, reported_meter, setup_entry

@@ -1,0 +1,83 @@
+"""The keeper: finalizes offers whose bidding ended and releases closed connections after their
+grace window, so no user has to. Each action is estimated first: another oracle instance may have
+done it already, and the estimate then fails with the contract's error instead of costing gas."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from web3.contract.async_contract import AsyncContractFunction
+
+from oracle.chain import ContractRejected, MarketClient, Status
+from oracle.metrics import Metrics
+from oracle.transactions import GAS_MARGIN, TransactionSender
+
+_LOGGER = logging.getLogger(__name__)
+PAGE = 100  # offers per openOffers call
+RECEIPT_TIMEOUT = 60.0
+
+
+@dataclass
+class KeeperReport:
+    finalized: list[int] = field(default_factory=list)
+    released: list[int] = field(default_factory=list)
+
+
+class Keeper:
+    def __init__(self, sender: TransactionSender, metrics: Metrics, grace_seconds: int) -> None:
+        self._sender = sender
+        self._client: MarketClient = sender.client
+        self._metrics = metrics
+        self._grace = grace_seconds  # the contract's timestep
+        self.closed: dict[int, int] = {}  # closed connection id -> closedAt, from ConnectionClosed
+
+    async def track_closed(self, connection_id: int, closed_at: int, *, check: bool) -> None:
+        """Follow a closed connection until it is released; `check` skips ones already ended."""
+        if check and await self._client.connection_status(connection_id) is not Status.CLOSED:
+            return
+        self.closed[connection_id] = closed_at
+
+    async def tick(self, head_timestamp: int) -> KeeperReport:
+        report = KeeperReport()
+        for offer_id in await self._due_offers(head_timestamp):
+            if await self._act("finalize", self._client.finalize_call(offer_id)):
+                report.finalized.append(offer_id)
+        for connection_id, closed_at in sorted(self.closed.items()):
+            if head_timestamp <= closed_at + self._grace:
+                continue
+            outcome = await self._act("release", self._client.release_call(connection_id))
+            if outcome:
+                report.released.append(connection_id)
+            if outcome or await self._client.connection_status(connection_id) is not Status.CLOSED:
+                del self.closed[connection_id]
+        return report
+
+    async def _due_offers(self, head_timestamp: int) -> list[int]:
+        due: list[int] = []
+        after = 0
+        while True:
+            try:
+                page, after = await self._client.open_offers(after, PAGE)
+            except ContractRejected:
+                break  # the page's anchor was finalized meanwhile; the rest waits for the next tick
+            due += [offer.id for offer in page if offer.bidding_ends <= head_timestamp]
+            if after == 0:
+                return due
+        return due
+
+    async def _act(self, action: str, function: AsyncContractFunction) -> bool:
+        try:
+            estimate = await self._client.estimate(function, self._sender.signer.address)
+        except ContractRejected as rejected:
+            _LOGGER.debug("%s skipped: %s", action, rejected.name)
+            self._metrics.keeper_actions.labels(action, "not_needed").inc()
+            return False
+        _nonce, tx_hash, raw = await self._sender.sign(function, int(estimate * GAS_MARGIN))
+        await self._client.send_raw(raw)
+        # Inclusion is enough: a keeper action lost to a reorg is simply done again next tick.
+        receipt = await self._sender.wait(tx_hash, RECEIPT_TIMEOUT, confirmations=0)
+        ok = receipt is not None and receipt["status"] == 1
+        self._metrics.keeper_actions.labels(action, "done" if ok else "failed").inc()
+        _LOGGER.info("%s: tx %s %s", action, tx_hash, "done" if ok else "not confirmed")
+        return ok

@@ -1,0 +1,176 @@
+"""The relayer: each timestep, settle the newest unsettled reading of every meter on chain.
+
+A settle transaction is signed and written to the store (with its nonce and raw bytes) before it
+is broadcast, so after a crash the oracle finds it again: by its receipt when it was mined, by
+rebroadcasting it when its nonce is still free, or by releasing its readings when the nonce went
+to another transaction. Before sending, the chain's own last reading of each meter (meterOf, one
+JSON-RPC batch) filters out readings another oracle instance has already settled.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from web3.types import TxReceipt
+
+from oracle.chain import MarketClient, SkipReason
+from oracle.ingest import Ingest
+from oracle.metrics import Metrics
+from oracle.store import Batch, ReadingStore, StoredReading
+from oracle.transactions import GAS_MARGIN, TransactionSender
+
+_LOGGER = logging.getLogger(__name__)
+GAS_PER_READING = 12_000  # measured ~11.6k per packed reading (bench/gas.py), with a margin
+GAS_PER_TX = 60_000  # intrinsic cost, calldata head, the ReadingsAccepted event
+
+
+@dataclass
+class RelayReport:
+    sent: int = 0  # readings sent in new settle transactions
+    batches: int = 0
+    settled: int = 0
+    skipped: int = 0
+    waiting: int = 0  # settle transactions not yet confirmed
+
+
+class Relayer:
+    def __init__(
+        self,
+        sender: TransactionSender,
+        store: ReadingStore,
+        ingest: Ingest,
+        metrics: Metrics,
+        gas_budget: int,
+        wait_seconds: float,
+    ) -> None:
+        self._sender = sender
+        self._client: MarketClient = sender.client
+        self._store = store
+        self._ingest = ingest
+        self._metrics = metrics
+        self._gas_budget = gas_budget
+        self._wait_seconds = wait_seconds
+        self._per_tx = max(1, (gas_budget - GAS_PER_TX) // GAS_PER_READING)
+
+    async def tick(self) -> RelayReport:
+        report = RelayReport()
+        await self.resolve_open(report)
+        if report.waiting:
+            return report  # one generation of batches at a time keeps nonces and meters simple
+        candidates = self._store.newest_pending()
+        if not candidates:
+            return report
+        views = await self._client.meters(sorted({c.reading.meter for c in candidates}))
+        to_send: list[StoredReading] = []
+        for candidate in candidates:
+            view = views[candidate.reading.meter]
+            if candidate.reading.timestamp <= view.last_timestamp:
+                # Settled already, by an earlier run of ours or by another oracle: never re-send.
+                self._store.resolve_covered(candidate.reading.meter, view.last_timestamp, view.last_wh)
+                self._ingest.raise_floor(candidate.reading.meter, view.last_timestamp, view.last_wh)
+            else:
+                to_send.append(candidate)
+        sent: list[Batch] = []
+        for start in range(0, len(to_send), self._per_tx):
+            sent += await self._send(to_send[start : start + self._per_tx])
+        report.sent = len(to_send)
+        report.batches = len(sent)
+        for batch in sent:
+            receipt = await self._sender.wait(batch.tx_hash, self._wait_seconds)
+            if receipt is None:
+                report.waiting += 1
+            else:
+                await self._apply(batch, receipt, report)
+        return report
+
+    async def _send(self, chunk: Sequence[StoredReading]) -> list[Batch]:
+        """Sign, record, then broadcast one settle transaction; split the chunk if the estimate
+        exceeds the gas budget (a reading that ends a connection costs more than the average)."""
+        function = self._client.settle_call([c.reading.as_tuple() for c in chunk])
+        estimate = await self._client.estimate(function, self._sender.signer.address)
+        if estimate > self._gas_budget and len(chunk) > 1:
+            half = len(chunk) // 2
+            return [*await self._send(chunk[:half]), *await self._send(chunk[half:])]
+        gas = min(int(estimate * GAS_MARGIN), max(self._gas_budget, estimate))
+        nonce, tx_hash, raw = await self._sender.sign(function, gas)
+        batch_id = self._store.record_batch(nonce, tx_hash, raw, [c.id for c in chunk])
+        _LOGGER.info("settle: %d readings, nonce %d, tx %s", len(chunk), nonce, tx_hash)
+        await self._client.send_raw(raw)
+        return [Batch(batch_id, nonce, tx_hash, raw)]
+
+    async def resolve_open(self, report: RelayReport | None = None) -> None:
+        """Settle transactions recorded but not confirmed (this run, or before a crash)."""
+        report = report or RelayReport()
+        open_batches = self._store.open_batches()
+        if not open_batches:
+            return
+        mined_nonce = await self._client.nonce(self._sender.signer.address, "latest")
+        ours = {b.nonce for b in open_batches}
+        for batch in open_batches:
+            receipt = await self._sender.confirmed(batch.tx_hash)
+            if receipt is not None:
+                await self._apply(batch, receipt, report)
+            elif await self._client.receipt(batch.tx_hash) is not None:
+                report.waiting += 1  # mined, waiting for confirmations
+            elif batch.nonce < mined_nonce or any(n not in ours for n in range(mined_nonce, batch.nonce)):
+                # Its nonce went to another transaction, or an earlier one of ours (a keeper
+                # transaction the node lost) left a gap it can never pass: send its readings anew.
+                _LOGGER.warning(
+                    "settle tx %s (nonce %d) will not be mined; its readings wait again", batch.tx_hash, batch.nonce
+                )
+                self._store.drop_batch(batch.id)
+                self._sender.forget_nonces()
+                self._metrics.batches.labels("dropped").inc()
+            else:
+                await self._client.send_raw(batch.raw_tx)  # the node may have lost it (restart)
+                report.waiting += 1
+
+    async def _apply(self, batch: Batch, tx_receipt: TxReceipt, report: RelayReport) -> None:
+        readings = self._store.batch_readings(batch.id)
+        gas_used = int(tx_receipt["gasUsed"])
+        self._metrics.gas_used.inc(gas_used)
+        if tx_receipt["status"] != 1:
+            _LOGGER.error("settle tx %s reverted; its %d readings wait again", batch.tx_hash, len(readings))
+            self._metrics.batches.labels("reverted").inc()
+            self._store.complete_batch(batch.id, gas_used, [], [], [r.id for r in readings])
+            return
+        outcome = self._client.settle_outcome(tx_receipt)
+        by_key: dict[tuple[str, int], StoredReading] = {(r.reading.meter, r.reading.timestamp): r for r in readings}
+        settled = [by_key[(m, ts)].id for m, _wh, ts in outcome.accepted if (m, ts) in by_key]
+        skipped: list[tuple[int, str]] = []
+        retry: list[int] = []
+        not_newer: list[StoredReading] = []
+        for meter, _wh, ts, reason in outcome.skipped:
+            stored = by_key.get((meter, ts))
+            if stored is None:
+                continue
+            self._metrics.readings_skipped.labels(reason.name).inc()
+            if reason is SkipReason.FUTURE_TIMESTAMP:
+                retry.append(stored.id)  # valid once the chain's clock catches up
+            elif reason is SkipReason.NOT_NEWER:
+                not_newer.append(stored)
+            else:
+                skipped.append((stored.id, reason.name))
+        views = await self._client.meters(sorted({r.reading.meter for r in not_newer})) if not_newer else {}
+        covered = []
+        for stored in not_newer:
+            view = views[stored.reading.meter]
+            if stored.reading.timestamp <= view.last_timestamp:
+                retry.append(stored.id)  # resolve_covered below marks it onchain or superseded
+                covered.append((stored.reading.meter, view.last_timestamp, view.last_wh))
+            else:
+                skipped.append((stored.id, SkipReason.NOT_NEWER.name))
+        accounted = set(settled) | {i for i, _ in skipped} | set(retry)
+        retry += [r.id for r in readings if r.id not in accounted]
+        self._store.complete_batch(batch.id, gas_used, settled, skipped, retry)
+        for meter, ts, wh in covered:
+            self._store.resolve_covered(meter, ts, wh)
+        self._metrics.batches.labels("mined").inc()
+        self._metrics.readings_settled.inc(len(settled))
+        report.settled += len(settled)
+        report.skipped += len(skipped)
+        _LOGGER.info(
+            "settle tx %s: %d settled, %d skipped, gas %d", batch.tx_hash, len(settled), len(skipped), gas_used
+        )

@@ -1,0 +1,251 @@
+"""Durable storage of accepted readings and of the settle transactions that carry them (SQLite).
+
+Durability: WAL journal with ``synchronous=FULL``, so each commit fsyncs the WAL and an accepted
+reading survives a power cut, not only a crash of the process. ``NORMAL`` would survive a SIGKILL
+but could lose the last commits on power loss, breaking "nothing accepted is ever lost". The cost
+is one fsync per commit, which a batch of readings (one transaction) shares.
+
+A reading's life: ``pending`` (accepted, waiting) -> ``sending`` (in a settle transaction not yet
+confirmed) -> one of ``settled`` (our transaction's ReadingsAccepted holds it), ``onchain`` (the
+chain already held exactly this reading: another oracle relayed it), ``superseded`` (the chain
+holds a newer reading of its meter, whose cumulative covers it), ``skipped`` (the contract
+skipped it; ``skip_reason`` says why).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from oracle.readings import SignedReading
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS readings (
+    id INTEGER PRIMARY KEY,
+    meter TEXT NOT NULL,
+    cumulative_wh INTEGER NOT NULL,
+    timestamp INTEGER NOT NULL,
+    signature BLOB NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    batch_id INTEGER,
+    skip_reason TEXT,
+    received_at INTEGER NOT NULL,
+    UNIQUE (meter, timestamp)
+);
+CREATE INDEX IF NOT EXISTS readings_waiting ON readings (meter, timestamp) WHERE status IN ('pending', 'sending');
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY,
+    nonce INTEGER NOT NULL,
+    tx_hash TEXT NOT NULL,
+    raw_tx BLOB NOT NULL,
+    status TEXT NOT NULL DEFAULT 'sent',
+    gas_used INTEGER,
+    created_at INTEGER NOT NULL
+);
+"""
+
+WAITING = ("pending", "sending")
+DONE = ("settled", "onchain")
+
+
+class StoreMismatchError(RuntimeError):
+    """The database belongs to another chain or contract."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReading:
+    id: int
+    reading: SignedReading
+    status: str
+    batch_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    id: int
+    nonce: int
+    tx_hash: str
+    raw_tx: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MeterSummary:
+    last_accepted: tuple[int, int] | None  # (cumulativeWh, timestamp)
+    last_settled: tuple[int, int] | None
+    pending: int
+
+
+def _reading(row: Sequence[object]) -> SignedReading:
+    meter, wh, ts, sig = row
+    assert isinstance(sig, bytes)
+    return SignedReading(
+        meter=meter,  # type: ignore[arg-type]  # stored checksummed
+        cumulative_wh=int(wh),  # type: ignore[call-overload]
+        timestamp=int(ts),  # type: ignore[call-overload]
+        v=sig[64],
+        r=sig[:32],
+        s=sig[32:64],
+    )
+
+
+class ReadingStore:
+    """All SQLite access. Synchronous: each call is short, and running it on the event loop keeps
+    the check-then-insert of the ingest path free of interleaving."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def bind(self, chain_id: int, contract: str) -> None:
+        """Tie the database to one chain and contract; refuse a database made for another."""
+        wanted = f"{chain_id}:{contract}"
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'market'").fetchone()
+        if row is None:
+            self._db.execute("INSERT INTO meta (key, value) VALUES ('market', ?)", (wanted,))
+        elif row[0] != wanted:
+            raise StoreMismatchError(f"it holds readings for chain:contract {row[0]}, not {wanted}")
+
+    # ------------------------------------------------------------------ ingest
+
+    def insert_readings(self, readings: Sequence[SignedReading]) -> None:
+        """Store accepted readings in one transaction (one fsync), before the API answers."""
+        now = int(time.time())
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "INSERT INTO readings (meter, cumulative_wh, timestamp, signature, received_at) VALUES (?, ?, ?, ?, ?)",
+                [(r.meter, r.cumulative_wh, r.timestamp, r.signature, now) for r in readings],
+            )
+
+    def last_accepted(self) -> dict[str, tuple[int, int]]:
+        """Per meter, the newest stored reading as (timestamp, cumulativeWh)."""
+        rows = self._db.execute(
+            "SELECT meter, timestamp, cumulative_wh FROM readings r WHERE timestamp = "
+            "(SELECT MAX(timestamp) FROM readings WHERE meter = r.meter)"
+        )
+        return {meter: (ts, wh) for meter, ts, wh in rows}
+
+    def meter_summary(self, meter: str) -> MeterSummary:
+        accepted = self._db.execute(
+            "SELECT cumulative_wh, timestamp FROM readings WHERE meter = ? ORDER BY timestamp DESC LIMIT 1", (meter,)
+        ).fetchone()
+        settled = self._db.execute(
+            "SELECT cumulative_wh, timestamp FROM readings WHERE meter = ? AND status IN ('settled', 'onchain') "
+            "ORDER BY timestamp DESC LIMIT 1",
+            (meter,),
+        ).fetchone()
+        (pending,) = self._db.execute(
+            "SELECT COUNT(*) FROM readings WHERE meter = ? AND status IN ('pending', 'sending')", (meter,)
+        ).fetchone()
+        return MeterSummary(
+            last_accepted=tuple(accepted) if accepted else None,
+            last_settled=tuple(settled) if settled else None,
+            pending=int(pending),
+        )
+
+    def queue(self) -> tuple[int, int | None]:
+        """Readings waiting to settle, and the timestamp of the oldest of them."""
+        count, oldest = self._db.execute(
+            "SELECT COUNT(*), MIN(timestamp) FROM readings WHERE status IN ('pending', 'sending')"
+        ).fetchone()
+        return int(count), oldest
+
+    # ------------------------------------------------------------------ relayer
+
+    def newest_pending(self) -> list[StoredReading]:
+        """The newest pending reading of each meter that has no reading in flight."""
+        rows = self._db.execute(
+            "SELECT id, meter, cumulative_wh, timestamp, signature FROM readings r WHERE status = 'pending' "
+            "AND timestamp = (SELECT MAX(timestamp) FROM readings WHERE meter = r.meter AND status = 'pending') "
+            "AND NOT EXISTS (SELECT 1 FROM readings WHERE meter = r.meter AND status = 'sending') ORDER BY id"
+        )
+        return [StoredReading(row[0], _reading(row[1:]), "pending", None) for row in rows]
+
+    def resolve_covered(self, meter: str, chain_timestamp: int, chain_wh: int) -> None:
+        """The chain holds `meter`'s reading at `chain_timestamp`: waiting readings up to it are done."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "UPDATE readings SET status = 'onchain', batch_id = NULL WHERE meter = ? AND timestamp = ? "
+                "AND cumulative_wh = ? AND status IN ('pending', 'sending')",
+                (meter, chain_timestamp, chain_wh),
+            )
+            self._db.execute(
+                "UPDATE readings SET status = 'superseded', batch_id = NULL WHERE meter = ? AND timestamp <= ? "
+                "AND status IN ('pending', 'sending')",
+                (meter, chain_timestamp),
+            )
+
+    def record_batch(self, nonce: int, tx_hash: str, raw_tx: bytes, reading_ids: Iterable[int]) -> int:
+        """Remember a signed settle transaction and mark its readings in flight, before it is sent."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            cursor = self._db.execute(
+                "INSERT INTO batches (nonce, tx_hash, raw_tx, created_at) VALUES (?, ?, ?, ?)",
+                (nonce, tx_hash, raw_tx, int(time.time())),
+            )
+            batch_id = int(cursor.lastrowid or 0)
+            self._db.executemany(
+                "UPDATE readings SET status = 'sending', batch_id = ? WHERE id = ?",
+                [(batch_id, rid) for rid in reading_ids],
+            )
+        return batch_id
+
+    def open_batches(self) -> list[Batch]:
+        rows = self._db.execute("SELECT id, nonce, tx_hash, raw_tx FROM batches WHERE status = 'sent' ORDER BY nonce")
+        return [Batch(*row) for row in rows]
+
+    def batch_readings(self, batch_id: int) -> list[StoredReading]:
+        rows = self._db.execute(
+            "SELECT id, meter, cumulative_wh, timestamp, signature FROM readings "
+            "WHERE batch_id = ? AND status = 'sending'",
+            (batch_id,),
+        )
+        return [StoredReading(row[0], _reading(row[1:]), "sending", batch_id) for row in rows]
+
+    def complete_batch(
+        self,
+        batch_id: int,
+        gas_used: int,
+        settled: Sequence[int],
+        skipped: Sequence[tuple[int, str]],
+        retry: Sequence[int],
+    ) -> None:
+        """Apply a confirmed receipt: settled readings (and older waiting ones of the same meters,
+        which their cumulative covers), skipped ones with their reason, and ones to send again."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("UPDATE batches SET status = 'mined', gas_used = ? WHERE id = ?", (gas_used, batch_id))
+            self._db.executemany("UPDATE readings SET status = 'settled' WHERE id = ?", [(i,) for i in settled])
+            self._db.executemany(
+                "UPDATE readings SET status = 'superseded' WHERE status = 'pending' "
+                "AND meter = (SELECT meter FROM readings WHERE id = ?) "
+                "AND timestamp < (SELECT timestamp FROM readings WHERE id = ?)",
+                [(i, i) for i in settled],
+            )
+            self._db.executemany(
+                "UPDATE readings SET status = 'skipped', skip_reason = ? WHERE id = ?",
+                [(reason, i) for i, reason in skipped],
+            )
+            self._db.executemany(
+                "UPDATE readings SET status = 'pending', batch_id = NULL WHERE id = ?", [(i,) for i in retry]
+            )
+
+    def drop_batch(self, batch_id: int) -> None:
+        """The transaction will never be mined (its nonce went to another): its readings wait again."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("UPDATE batches SET status = 'dropped' WHERE id = ?", (batch_id,))
+            self._db.execute(
+                "UPDATE readings SET status = 'pending', batch_id = NULL WHERE batch_id = ? AND status = 'sending'",
+                (batch_id,),
+            )

@@ -173,10 +173,10 @@ def default_seed(address: str) -> int:
     return int(address, 16) % 2**32
 
 
-def load_key(text: str) -> LocalAccount:
-    """A meter account from a hex private key (with or without 0x). The key is never echoed."""
+def load_key(key: bytes | str) -> LocalAccount:
+    """A meter account from a private key: 32 bytes, or hex with or without 0x. Never echoed."""
     try:
-        account: LocalAccount = Account.from_key(text.strip())
+        account: LocalAccount = Account.from_key(key.strip() if isinstance(key, str) else key)
     except (ValueError, TypeError) as err:  # eth-keys and hexbytes raise either
         raise ConfigError("the meter key is not a valid secp256k1 private key (64 hex digits)") from err
     return account
@@ -282,7 +282,7 @@ class Meter:
         state_file: Path | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._account = private_key if isinstance(private_key, LocalAccount) else load_key(_hex(private_key))
+        self._account = private_key if isinstance(private_key, LocalAccount) else load_key(private_key)
         if not (math.isfinite(speedup) and speedup > 0):
             raise ConfigError(f"speedup must be a positive number, got {speedup}")
         if not 0 <= start_wh <= MAX_WH:
@@ -446,10 +446,9 @@ class Meter:
                     self.take_reading()
                     taken += 1
                     next_reading = max(next_reading + interval, now)  # no burst after a stall
-                    next_retry = 0.0  # a fresh reading is worth an immediate try
             if self._state.unsent and self._clock() >= next_retry:
                 if await self.deliver(session, oracle_url):
-                    retry_delay = MIN_RETRY_DELAY
+                    next_retry, retry_delay = 0.0, MIN_RETRY_DELAY
                 else:
                     next_retry = self._clock() + retry_delay * random.uniform(0.8, 1.2)
                     retry_delay = min(retry_delay * 2, MAX_RETRY_DELAY)
@@ -464,10 +463,6 @@ class Meter:
 
 def _replace_unsent(state: MeterState, unsent: tuple[SignedReading, ...]) -> MeterState:
     return MeterState(state.meter, state.cumulative_mwh, state.timestamp, state.sim_time, unsent)
-
-
-def _hex(key: bytes | str) -> str:
-    return key if isinstance(key, str) else "0x" + key.hex()
 
 
 def _log_result(reading: SignedReading, status: int, answer: Any) -> None:

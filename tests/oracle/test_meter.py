@@ -26,6 +26,8 @@ from oracle.meter import (
     parse_profile,
 )
 from oracle.readings import Domain, recover_signer, verify_reading
+from tests.chain import Chain
+from tests.oracle.conftest import Oracle, funded_account, wait_for
 
 DAY = 86_400
 MIDNIGHT = 1_700_006_400  # a UTC midnight
@@ -276,3 +278,108 @@ def test_state_file_is_plain_json(tmp_path, meter_key, domain) -> None:
     assert saved["meter"] == meter_key.address
     assert saved["unsent"] == [meter.unsent[0].to_json()]
     assert meter_key.key.hex() not in state.read_text()
+
+
+# --- against a real oracle process and a real anvil ----------------------------------------------
+
+
+@pytest.fixture
+def registered(chain: Chain) -> list[LocalAccount]:
+    """Three meters registered before any oracle starts, so every oracle knows them at once."""
+    return [chain.new_meter(chain.accounts[1]) for _ in range(3)]
+
+
+async def test_meter_posts_to_a_real_oracle(chain, registered, start_oracle, tmp_path) -> None:
+    oracle = start_oracle(chain)
+    state = tmp_path / "meter.json"
+    meter = Meter(registered[0].key, chain.domain, ConstantProfile(2000), speedup=360, state_file=state)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        first = meter.take_reading()
+        async with session.post(oracle.url + "/v1/readings", json=first.to_json()) as response:
+            assert response.status == 202
+            assert (await response.json())["status"] == "accepted"
+        assert await meter.deliver(session, oracle.url)  # the oracle already has it: 409 stale counts
+        assert meter.unsent == ()
+
+        await meter.run(session, oracle.url, interval=1, count=3)
+        assert meter.unsent == ()
+        assert oracle.meter(meter.address)["lastAccepted"] == {
+            "cumulativeWh": meter.cumulative_wh,
+            "timestamp": meter.last_timestamp,
+        }
+        assert meter.cumulative_wh > 0
+
+        restarted = Meter(registered[0].key, chain.domain, ConstantProfile(2000), speedup=360, state_file=state)
+        await restarted.run(session, oracle.url, interval=1, count=2)
+    seen = oracle.meter(meter.address)
+    assert seen["registered"] is True
+    assert seen["lastAccepted"] == {"cumulativeWh": restarted.cumulative_wh, "timestamp": restarted.last_timestamp}
+    assert restarted.cumulative_wh > meter.cumulative_wh
+    assert seen["pending"] == 6  # every reading taken was stored, none lost across the restart
+
+
+async def test_refused_readings_are_dropped_not_retried(chain, registered, start_oracle) -> None:
+    oracle = start_oracle(chain)
+    stranger = Meter(Account.create().key, chain.domain, ConstantProfile(100))  # never registered
+    stranger.take_reading()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        assert await stranger.deliver(session, oracle.url)
+    assert stranger.unsent == ()
+    assert oracle.meter(stranger.address)["lastAccepted"] is None
+
+
+def test_cli_meter_delivers_to_a_real_oracle(chain, registered, start_oracle, tmp_path) -> None:
+    oracle = start_oracle(chain)
+    key_file = tmp_path / "meter.key"
+    key_file.write_text(registered[1].key.hex())
+    state = tmp_path / "meter.json"
+    done = run_cli(
+        "--key-file", str(key_file), "--oracle", oracle.url, "--chain-id", str(chain.domain.chain_id),
+        "--contract", chain.market.address, "--interval", "1", "--count", "3", "--profile", "household",
+        "--speedup", "1440", "--seed", "11", "--state-file", str(state), "--start-wh", "12345",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert registered[1].key.hex() not in done.stdout + done.stderr
+    saved = json.loads(state.read_text())
+    assert saved["unsent"] == []
+    assert oracle.meter(registered[1].address)["lastAccepted"] == {
+        "cumulativeWh": saved["cumulativeMilliWh"] // 1000,
+        "timestamp": saved["timestamp"],
+    }
+    assert saved["cumulativeMilliWh"] // 1000 > 12345
+
+
+def test_cli_meter_waits_for_an_oracle_that_is_down(chain, registered, tmp_path) -> None:
+    oracle = Oracle(chain.w3.provider.endpoint_uri, chain.market.address, tmp_path, funded_account(chain))
+    key_file = tmp_path / "meter.key"
+    key_file.write_text(registered[2].key.hex())
+    state = tmp_path / "meter.json"
+    args = [
+        "--key-file", str(key_file), "--oracle", oracle.url, "--chain-id", str(chain.domain.chain_id),
+        "--contract", chain.market.address, "--interval", "1", "--count", "2", "--profile", "ev",
+        "--state-file", str(state),
+    ]  # fmt: skip
+    meter = subprocess.Popen(
+        [sys.executable, "-m", "oracle.meter", *args],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(
+            lambda: state.exists() and len(json.loads(state.read_text())["unsent"]) == 2,
+            "the meter to queue both readings while the oracle is down",
+        )
+        assert meter.poll() is None  # still retrying
+        oracle.start()
+        _, stderr = meter.communicate(timeout=120)
+        assert meter.returncode == 0, stderr
+        assert "unreachable" in stderr
+        assert "reachable again" in stderr
+    finally:
+        if meter.poll() is None:
+            meter.kill()
+            meter.wait()
+        oracle.stop()
+    assert json.loads(state.read_text())["unsent"] == []

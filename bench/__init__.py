@@ -1,0 +1,1 @@
+"""Benchmarks of Energy-Kart; each prints one JSON object."""

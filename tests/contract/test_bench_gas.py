@@ -1,0 +1,46 @@
+"""The gas benchmark at a small scale: its report's shape, constant cost, batching beats one tx per reading."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from bench.gas import GENESIS_TIMESTAMP, OPS, measure
+from devchain.anvil import Anvil
+
+OFFERS = 20
+
+
+@pytest.fixture(scope="module")
+def report(anvil: Anvil) -> Iterator[dict[str, Any]]:
+    # Its own node: the benchmark pins the block clock, which the session's node must not share.
+    # (The session's fixture is requested because it lets sockets through under the HA plugin.)
+    with Anvil(extra_args=("--timestamp", str(GENESIS_TIMESTAMP))) as node:
+        yield measure(node.url, offers=OFFERS, batch_sizes=(1, 10), naive_readings=5, reference_batch=10)
+
+
+def test_report_shape(report: dict[str, Any]) -> None:
+    op_names = {*OPS, "createOffer+bid+finalize"}
+    assert set(report["ops"]) == op_names
+    assert all(isinstance(gas, int) and gas > 21_000 for gas in report["ops"].values())
+    assert set(report["ops_holding_credit"]) == op_names - {"withdraw"}
+    assert set(report["settle_gas_per_reading"]) == {"1", "10"}
+    assert report["market_at_measure"]["offers"] >= OFFERS
+    assert report["market_at_measure"]["active_connections"] >= 10
+    assert report["batch_saving_at_10"] > 1
+    assert {"solc", "anvil", "hardfork"} <= set(report["meta"])
+    targets = report["targets"]
+    assert targets["create_bid_finalize"] == report["ops"]["createOffer+bid+finalize"]
+    assert isinstance(targets["settle_per_reading_at_10_met"], bool)
+
+
+def test_cost_is_constant(report: dict[str, Any]) -> None:
+    assert report[f"ops_at_{OFFERS}_offers"] == report["ops"]
+    assert report["constant_cost"] is True
+
+
+def test_batching_beats_one_transaction_per_reading(report: dict[str, Any]) -> None:
+    per_reading = report["settle_gas_per_reading"]
+    assert per_reading["10"] < per_reading["1"] < report["naive_gas_per_reading"]

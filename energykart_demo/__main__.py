@@ -1,0 +1,115 @@
+"""`make demo` / `python -m energykart_demo`: a microgrid trading day on a local chain.
+
+Starts anvil (or uses --rpc-url), deploys the market, registers a meter per home, starts the
+oracle, plays the day, then prints a summary and writes a JSON report and a PNG chart.
+Exit status: 0 when money was conserved, 1 when it was not, 2 when the day could not be played.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+
+import aiohttp
+from rich.console import Console
+
+from devchain.anvil import Anvil
+from energykart_demo.chart import draw_chart
+from energykart_demo.day import DayOutcome, DemoError, TradingDay
+from energykart_demo.devnet import Devnet, DevnetError, prepare
+from energykart_demo.homes import HomeDay, plan_homes
+from energykart_demo.live import LiveView, PlainView, View
+from energykart_demo.market import TradeRejected
+from energykart_demo.oracle_process import OracleError, OracleProcess
+from energykart_demo.report import build_report, print_summary, write_report
+
+DEFAULT_REPORT = Path("out/demo-report.json")
+MAX_HOMES = 18  # anvil's 20 default accounts: a deployer, the homes, the relayer
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m energykart_demo",
+        description="Play a compressed trading day of a solar microgrid on a local chain, settled by the real oracle.",
+        epilog="Exit status: 0 money conserved, 1 conservation failed, 2 the day could not be played.",
+    )
+    parser.add_argument("--homes", type=_positive, default=6, help=f"simulated homes, 2 to {MAX_HOMES} (default 6)")
+    parser.add_argument("--steps", type=_positive, default=24, help="timesteps of 15 chain minutes (default 24)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the weather, the homes and the bids (default 1)")
+    parser.add_argument(
+        "--rpc-url", help="use this node (with unlocked accounts) instead of starting an embedded anvil"
+    )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        default=DEFAULT_REPORT,
+        help="JSON report path; the chart is written next to it as .png (default %(default)s)",
+    )
+    parser.add_argument("--no-live", action="store_true", help="plain log lines instead of the live table")
+    args = parser.parse_args(argv)
+    if not 2 <= args.homes <= MAX_HOMES:
+        parser.error(f"--homes must be from 2 to {MAX_HOMES}")
+    if args.steps < 3:
+        parser.error("--steps must be at least 3 (an offer needs a timestep to be awarded and one to deliver)")
+    return args
+
+
+async def _play(
+    devnet: Devnet, days: list[HomeDay], args: argparse.Namespace, oracle_url: str, console: Console
+) -> DayOutcome:
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        day = TradingDay(devnet, days, args.steps, args.seed, session, oracle_url, PlainView(console))
+        view: View = day.view if args.no_live else LiveView(console, day.ledger, [d.spec.kind for d in days])
+        day.view = view
+        return await day.play()
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = Console(soft_wrap=True)
+    days = plan_homes(args.homes, args.steps, args.seed)
+    with ExitStack() as stack:
+        rpc_url = args.rpc_url
+        try:
+            if rpc_url is None:
+                rpc_url = stack.enter_context(Anvil(accounts=max(20, args.homes + 2))).url
+                console.print(f"anvil started on {rpc_url}")
+            devnet = prepare(rpc_url, args.homes, args.seed)
+            console.print(f"market {devnet.market} deployed on chain {devnet.chain_id}; {args.homes} meters registered")
+            oracle = stack.enter_context(OracleProcess(rpc_url, devnet.market, bytes(devnet.relayer.key)))
+            console.print(f"oracle running at {oracle.url} (relayer {devnet.relayer.address})")
+            outcome = asyncio.run(_play(devnet, days, args, oracle.url, console))
+        except (DevnetError, OracleError, TradeRejected, FileNotFoundError, TimeoutError) as err:
+            console.print(f"[red]energykart demo: {err}[/red]")
+            return 2
+        except DemoError as err:
+            console.print(f"[red]energykart demo: {err}[/red]")
+            console.print(f"oracle log:\n{oracle.log_tail()}", markup=False, highlight=False)
+            return 2
+    report = build_report(outcome, devnet, days, args.steps, args.seed)
+    write_report(report, args.report)
+    chart = args.report.with_suffix(".png")
+    draw_chart(report, chart)
+    print_summary(console, report)
+    console.print(f"report: {args.report}  chart: {chart}")
+    return 0 if report["conservation_ok"] else 1
+
+
+def main() -> None:
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

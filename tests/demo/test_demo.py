@@ -1,0 +1,92 @@
+"""`make demo` end to end: a short day against the session's anvil, settled by the real oracle."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from web3 import Web3
+
+from devchain.anvil import REPO_ROOT, Anvil
+from devchain.deploy import market_at
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "energykart_demo", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def day(anvil: Anvil, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path, str]:
+    """Three homes, six timesteps, on the shared anvil: the report, its path and the console output."""
+    report_path = tmp_path_factory.mktemp("demo") / "report.json"
+    result = run_demo("--homes", "3", "--steps", "6", "--no-live", "--rpc-url", anvil.url, "--report", str(report_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(report_path.read_text()), report_path, result.stdout
+
+
+def test_money_is_conserved_and_energy_traded(day) -> None:
+    report, _path, output = day
+    assert report["conservation_ok"] is True
+    assert report["conservation"]["failures"] == []
+    assert report["energy_traded_wh"] > 0
+    assert report["payments_wei"] > 0
+    assert "conservation OK" in output
+    homes = report["homes"]
+    assert len(homes) == 3
+    assert all(home["balance_ok"] for home in homes)
+    assert sum(h["sold_wh"] for h in homes) == sum(h["bought_wh"] for h in homes) == report["energy_traded_wh"]
+    assert sum(h["earned_wei"] for h in homes) == sum(h["paid_wei"] for h in homes) == report["payments_wei"]
+
+
+def test_payments_match_the_chain(day, anvil: Anvil) -> None:
+    """Every payment is price x delivered Wh / 1000 of a connection the chain opened and ended."""
+    report, _path, _output = day
+    market = market_at(Web3(Web3.HTTPProvider(anvil.url)), report["contract"])
+    opened = {e["args"]["id"]: e["args"] for e in market.events.ConnectionOpened().get_logs(from_block=0)}
+    ended = {e["args"]["id"]: e["args"] for e in market.events.ConnectionEnded().get_logs(from_block=0)}
+    assert opened
+    assert set(ended) == set(opened)  # the day leaves no connection open
+    expected = {i: opened[i]["pricePerKWh"] * ended[i]["deliveredWh"] // 1000 for i in opened}
+    assert {i: ended[i]["paidWei"] for i in ended} == expected
+    assert report["payments_wei"] == sum(expected.values())
+    assert report["energy_traded_wh"] == sum(e["deliveredWh"] for e in ended.values())
+    assert {t["connection"]: t["paid_wei"] for t in report["trades"]} == expected
+    assert market.w3.eth.get_balance(market.address) == 0  # everyone withdrew
+
+
+def test_gas_is_reported_per_operation(day) -> None:
+    report, _path, _output = day
+    by_operation = report["gas_used"]["by_operation"]
+    for operation in ("deploy", "registerMeter", "createOffer", "bid", "finalize", "settle", "withdraw"):
+        assert by_operation[operation]["transactions"] > 0
+    assert report["gas_used"]["total"] == sum(op["gas"] for op in by_operation.values())
+
+
+def test_chart_is_a_png(day) -> None:
+    _report, path, _output = day
+    data = path.with_suffix(".png").read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    width, height = struct.unpack(">II", data[16:24])
+    assert width > 0
+    assert height > 0
+
+
+def test_bad_arguments_exit_2(tmp_path: Path) -> None:
+    result = run_demo("--homes", "1", "--report", str(tmp_path / "r.json"))
+    assert result.returncode == 2
+    assert "--homes" in result.stderr
+    assert not (tmp_path / "r.json").exists()

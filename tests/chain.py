@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from eth_abi.abi import decode as abi_decode
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress
@@ -94,3 +95,103 @@ class Chain:
 
     def escrow_for(self, offer_id: int, price: int) -> int:
         return int(self.market.functions.escrowFor(offer_id, price).call())
+
+    # ------------------------------------------------------------ helpers of the rule tests
+
+    def reverts(self, fn: Any, sender: str, value: int = 0) -> tuple[str, tuple[Any, ...]]:
+        """Expect `fn` to revert in the next block: its custom error as (name, args).
+
+        The call runs against the pending block (so `set_next_timestamp` applies), then the
+        transaction is really sent and must fail on chain.
+        """
+        try:
+            fn.call({"from": sender, "value": value}, block_identifier="pending")
+        except ContractCustomError as err:
+            raised = custom_error(err)
+        else:
+            raise AssertionError(f"{fn.fn_name} did not revert")
+        tx_hash = fn.transact({"from": sender, "value": value, "gas": 3_000_000})
+        assert self.w3.eth.wait_for_transaction_receipt(tx_hash)["status"] == 0
+        return raised
+
+    def tx_at(self, timestamp: int, fn: Any, sender: str, value: int = 0) -> TxReceipt:
+        """Send `fn` in a block with exactly this timestamp (no gas estimate: it would run on the latest block)."""
+        self.set_next_timestamp(timestamp)
+        tx_hash = fn.transact({"from": sender, "value": value, "gas": 3_000_000})
+        receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash)
+        assert receipt["status"] == 1, f"{fn.fn_name} reverted"
+        return receipt
+
+    def settle_at(self, timestamp: int, *readings: SignedReading) -> TxReceipt:
+        """Settle `readings` in a block with exactly this timestamp."""
+        return self.tx_at(timestamp, self.market.functions.settle([r.as_tuple() for r in readings]), self.accounts[-1])
+
+    def create_offer(self, seller: str, energy_wh: int, start_price: int, bidding_seconds: int = 600) -> int:
+        receipt = self.tx(self.market.functions.createOffer(energy_wh, start_price, bidding_seconds), seller)
+        return int(self.events(receipt, "OfferCreated")[0]["id"])
+
+    def place_bid(self, offer_id: int, buyer: str, meter: str, price: int) -> TxReceipt:
+        return self.tx(self.market.functions.bid(offer_id, price, meter), buyer, self.escrow_for(offer_id, price))
+
+    def award(self, seller: str, buyer: str, meter: str, energy_wh: int, price: int) -> int:
+        """Offer `energy_wh`, let `buyer` win it at `price` for `meter`, finalize: the connection id."""
+        offer_id = self.create_offer(seller, energy_wh, price, 600)
+        self.place_bid(offer_id, buyer, meter, price)
+        self.travel(600)
+        self.tx(self.market.functions.finalize(offer_id), self.accounts[-1])
+        return offer_id
+
+    def offer(self, offer_id: int) -> dict[str, Any]:
+        """getOffer as a dict keyed by the struct's field names."""
+        return dict(zip(_OFFER_FIELDS, self.market.functions.getOffer(offer_id).call(), strict=True))
+
+    def connection(self, connection_id: int) -> dict[str, Any]:
+        """getConnection as a dict keyed by the struct's field names."""
+        return dict(zip(_CONNECTION_FIELDS, self.market.functions.getConnection(connection_id).call(), strict=True))
+
+    def meter(self, meter: str) -> dict[str, Any]:
+        """meterOf as a dict keyed by the struct's field names."""
+        return dict(zip(_METER_FIELDS, self.market.functions.meterOf(meter).call(), strict=True))
+
+    def credit(self, account: str) -> int:
+        return int(self.market.functions.creditOf(account).call())
+
+    def escrow(self, account: str) -> int:
+        return int(self.market.functions.escrowOf(account).call())
+
+    def assert_conserved(self, *others: str) -> None:
+        """The market holds exactly the escrows plus the credits of every account (the node's and `others`)."""
+        held = sum(self.escrow(a) + self.credit(a) for a in [*self.accounts, *others])
+        assert self.balance() == held
+
+
+def _struct_fields(function: str) -> list[str]:
+    item = next(i for i in artifact()["abi"] if i["type"] == "function" and i["name"] == function)
+    return [c["name"] for c in item["outputs"][0]["components"]]
+
+
+_OFFER_FIELDS = _struct_fields("getOffer")
+_CONNECTION_FIELDS = _struct_fields("getConnection")
+_METER_FIELDS = _struct_fields("meterOf")
+_ERROR_TYPES = {
+    "0x" + keccak(text=f"{i['name']}({','.join(p['type'] for p in i['inputs'])})")[:4].hex(): [
+        p["type"] for p in i["inputs"]
+    ]
+    for i in artifact()["abi"]
+    if i["type"] == "error"
+}
+
+
+def custom_error(err: ContractCustomError) -> tuple[str, tuple[Any, ...]]:
+    """The custom error as (name, decoded args); addresses checksummed."""
+    data = err.data if isinstance(err.data, str) else str(err.message)
+    types = _ERROR_TYPES[data[:10]]
+    args = abi_decode(types, bytes.fromhex(data[10:]))
+    return error_name(err), tuple(
+        Web3.to_checksum_address(a) if t == "address" else a for t, a in zip(types, args, strict=True)
+    )
+
+
+def gas_cost(receipt: TxReceipt) -> int:
+    """Wei the sender paid for gas."""
+    return int(receipt["gasUsed"]) * int(receipt["effectiveGasPrice"])

@@ -38,6 +38,12 @@ def _positive(text: str) -> int:
     return value
 
 
+def chart_path(report: Path) -> Path:
+    """The chart's file, next to the report: demo-report.json -> demo-chart.png, day.json -> day-chart.png."""
+    stem = report.stem
+    return report.with_name((stem.replace("report", "chart") if "report" in stem else f"{stem}-chart") + ".png")
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m energykart_demo",
@@ -54,7 +60,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--report",
         type=Path,
         default=DEFAULT_REPORT,
-        help="JSON report path; the chart is written next to it as .png (default %(default)s)",
+        help="JSON report path; the PNG chart is written next to it (default %(default)s -> out/demo-chart.png)",
     )
     parser.add_argument("--no-live", action="store_true", help="plain log lines instead of the live table")
     args = parser.parse_args(argv)
@@ -100,7 +106,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             return 2
     report = build_report(outcome, devnet, days, args.steps, args.seed)
     write_report(report, args.report)
-    chart = args.report.with_suffix(".png")
+    chart = chart_path(args.report)
     draw_chart(report, chart)
     print_summary(console, report)
     console.print(f"report: {args.report}  chart: {chart}")

@@ -41,12 +41,12 @@ def draw_chart(report: dict[str, Any], path: Path) -> None:
 
     handles, labels = energy_axis.get_legend_handles_labels()
     price_handles, price_labels = price_axis.get_legend_handles_labels()
-    energy_axis.legend(handles + price_handles, labels + price_labels, loc="upper left", fontsize="small")
+    fig.legend(handles + price_handles, labels + price_labels, loc="lower center", ncol=4, fontsize="small")
     homes = len(report["homes"])
     energy_axis.set_title(
         f"Energy-Kart: {homes} homes, {len(steps)} timesteps, {report['energy_traded_wh'] / 1000:.2f} kWh traded"
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
     plt.close(fig)

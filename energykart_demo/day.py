@@ -136,7 +136,7 @@ class TradingDay:
             await self._award_step(start + k * STEP_SECONDS, closing=k >= self.steps)
             await self._close(traders.to_close(k, self.ledger, everything=k >= self.steps))
             if k < self.steps:
-                await self._trade(k, traders)
+                await self._trade(k, traders, bidding_ends=start + (k + 1) * STEP_SECONDS + AWARD_DELAY)
             outcome.conservation.append(await self._conservation(k))
         await self._release_rest(start + total * STEP_SECONDS)
         await self._withdraw_all()
@@ -188,14 +188,16 @@ class TradingDay:
         self.ledger.update(states, energy_step)
 
     async def _award_step(self, readings_at: int, *, closing: bool) -> None:
-        """Let the auctions end (and, closing the day, the grace windows pass); the keeper acts."""
+        """Let the auctions end (and, closing the day, the grace windows pass); the keeper acts.
+
+        Chain time always moves on to a minute after the readings, so the offers made next end a
+        minute after the next timestep's readings: those readings are their connections' baseline.
+        """
         due = [o.bidding_ends for o in self.ledger.offers.values() if o.status == "bidding"]
         if closing:
             due += [
                 c.closed_at + STEP_SECONDS + 1 for c in self.ledger.connections.values() if c.status is Status.CLOSED
             ]
-        if not due and not closing:
-            return
         at = max([readings_at + AWARD_DELAY, *due])
         if at > await self.market.now():
             await self.market.mine_at(at)
@@ -211,10 +213,11 @@ class TradingDay:
             await self.market.close(buyer, connection_id)
         await self._sync()
 
-    async def _trade(self, k: int, traders: Traders) -> None:
+    async def _trade(self, k: int, traders: Traders, bidding_ends: int) -> None:
         for offer in traders.offers(k):
             seller = self.devnet.homes[offer.seller]
-            await self.market.create_offer(seller, offer.energy_wh, offer.start_price, STEP_SECONDS)
+            seconds = bidding_ends - await self.market.now()
+            await self.market.create_offer(seller, offer.energy_wh, offer.start_price, seconds)
             self.ledger.figures[k + 1].offered_wh += offer.energy_wh
         await self._sync()
         for _round in range(BID_ROUNDS):

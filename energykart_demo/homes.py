@@ -130,9 +130,9 @@ def plan_day(spec: HomeSpec, steps: int, cover: list[float], rng: random.Random)
             flow = max(0.0, min(-net, soc - 0.1 * spec.battery_wh, max_flow))
             soc -= flow
             export, draw = 0.0, -net - flow
-        if spec.battery_wh and 17.0 <= start < 22.0 and soc > 0.6 * spec.battery_wh:
-            # Evening peak: sell what the battery holds beyond the night's reserve.
-            sell = min(soc - 0.5 * spec.battery_wh, max_flow - flow)
+        if spec.battery_wh and 17.0 <= start < 22.0:
+            # Evening peak: sell, a little at a time, what the battery holds beyond the night's reserve.
+            sell = min(soc - 0.4 * spec.battery_wh, 0.15 * spec.battery_wh * hours, max_flow - flow)
             if sell > 0:
                 soc -= sell
                 export += sell

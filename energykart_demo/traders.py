@@ -19,7 +19,7 @@ from energykart_demo.ledger import Ledger, Offer
 from oracle.chain import Status
 
 MIN_TRADE_WH = 200  # smaller surpluses and needs are not worth a transaction
-BID_ROUNDS = 3
+BID_ROUNDS = 4
 EVENING_HOURS = (17.0, 22.0)
 EVENING_PREMIUM = 1.25  # battery energy at the evening peak is dearer, and buyers pay more for it
 
@@ -91,7 +91,7 @@ class Traders:
         if not choices:
             return None
         minimum, _id, offer = min(choices)
-        price = min(limit, minimum + self._rng.randrange(0, 4_000) * GWEI)
+        price = min(limit, minimum + self._rng.randrange(2_000, 12_000) * GWEI)
         return BidPlan(buyer, offer.id, price, offer.energy_wh)
 
     def _next_bid(self, offer: Offer) -> int:

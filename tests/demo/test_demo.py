@@ -78,7 +78,7 @@ def test_gas_is_reported_per_operation(day) -> None:
 
 def test_chart_is_a_png(day) -> None:
     _report, path, _output = day
-    data = path.with_suffix(".png").read_bytes()
+    data = path.with_name("chart.png").read_bytes()  # report.json -> chart.png
     assert data[:8] == PNG_SIGNATURE
     width, height = struct.unpack(">II", data[16:24])
     assert width > 0

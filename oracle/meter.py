@@ -29,7 +29,7 @@ import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -296,7 +296,7 @@ class Meter:
         if saved is not None and saved.meter != self.address:
             raise ConfigError(f"state file {state_file} belongs to meter {saved.meter}, not {self.address}")
         self._state = saved or MeterState(meter=self.address, cumulative_mwh=start_wh * 1000)
-        self._unreachable_since: float | None = None
+        self._unreachable = False  # so an outage is logged once when lost and once when back
 
     @property
     def address(self) -> ChecksumAddress:
@@ -321,6 +321,11 @@ class Meter:
         The energy drawn since the previous reading follows the profile over the simulated span
         (`speedup` times the real one). The first reading is the baseline: no energy is added.
         """
+        reading, state = self._advance(timestamp)
+        self._commit(state)
+        return reading
+
+    def _advance(self, timestamp: int) -> tuple[SignedReading, MeterState]:
         last = self._state
         if last.timestamp is not None and timestamp <= last.timestamp:
             raise ValueError(f"timestamp {timestamp} is not after the last reading's ({last.timestamp})")
@@ -331,10 +336,7 @@ class Meter:
             added_mwh = math.floor(self.profile.energy_wh(last.sim_time, sim_time) * 1000)
         cumulative_mwh = min(last.cumulative_mwh + added_mwh, MAX_WH * 1000 + 999)
         reading = sign_reading(self._account.key, self.domain, cumulative_mwh // 1000, timestamp)
-        self._commit(
-            MeterState(self.address, cumulative_mwh, timestamp, sim_time, last.unsent),
-        )
-        return reading
+        return reading, replace(last, cumulative_mwh=cumulative_mwh, timestamp=timestamp, sim_time=sim_time)
 
     def simulate(self, start: int, interval: int, count: int) -> list[SignedReading]:
         """`count` readings at `start`, `start + interval`, ... (no clock, no network)."""
@@ -346,12 +348,12 @@ class Meter:
         """A reading now (wall clock), queued for delivery."""
         now = int(self._clock())
         last = self._state.timestamp
-        reading = self.reading_at(now if last is None else max(now, last + 1))
-        unsent = (*self._state.unsent, reading)
+        reading, state = self._advance(now if last is None else max(now, last + 1))
+        unsent = (*state.unsent, reading)
         if len(unsent) > MAX_UNSENT:
             _LOGGER.warning("%d readings undelivered: dropping the oldest", len(unsent))
             unsent = unsent[-MAX_UNSENT:]
-        self._commit(_replace_unsent(self._state, unsent))
+        self._commit(replace(state, unsent=unsent))
         return reading
 
     def _commit(self, state: MeterState) -> None:
@@ -361,7 +363,7 @@ class Meter:
         self._state = state
 
     def _delivered(self, count: int) -> None:
-        self._commit(_replace_unsent(self._state, self._state.unsent[count:]))
+        self._commit(replace(self._state, unsent=self._state.unsent[count:]))
 
     async def deliver(self, session: aiohttp.ClientSession, oracle_url: str, *, batch_size: int = MAX_BATCH) -> bool:
         """Post the unsent readings, oldest first. True when none are left; False when the oracle
@@ -376,13 +378,13 @@ class Meter:
             try:
                 outcome = await self._post(session, url, batch)
             except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as err:
-                if self._unreachable_since is None:
-                    self._unreachable_since = self._clock()
+                if not self._unreachable:
+                    self._unreachable = True
                     _LOGGER.warning("oracle %s unreachable (%s); keeping readings to retry", oracle_url, err)
                 return False
-            if self._unreachable_since is not None:
+            if self._unreachable:
                 _LOGGER.info("oracle %s reachable again", oracle_url)
-                self._unreachable_since = None
+                self._unreachable = False
             if outcome == "too_large":
                 if batch_size == 1:
                     _LOGGER.error("oracle refused a single reading as too large; dropping it")
@@ -459,10 +461,6 @@ class Meter:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), max(0.0, min(wake) - self._clock()))
-
-
-def _replace_unsent(state: MeterState, unsent: tuple[SignedReading, ...]) -> MeterState:
-    return MeterState(state.meter, state.cumulative_mwh, state.timestamp, state.sim_time, unsent)
 
 
 def _log_result(reading: SignedReading, status: int, answer: Any) -> None:

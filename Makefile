@@ -9,7 +9,7 @@ STAMP_NODE := node_modules/.stamp
 PYTEST := $(PY) -m pytest
 HYPOTHESIS_EXAMPLES ?= 200
 
-.PHONY: demo test lint bench contracts bootstrap clean-env
+.PHONY: demo test lint bench contracts bootstrap clean-env ha
 .DEFAULT_GOAL := test
 
 $(STAMP_PY): pyproject.toml constraints.txt scripts/bootstrap-venv.sh
@@ -36,6 +36,7 @@ lint: $(STAMP_PY)
 test: bootstrap lint
 	HYPOTHESIS_EXAMPLES=$(HYPOTHESIS_EXAMPLES) $(PYTEST) -p no:homeassistant -p no:cacheprovider tests/contract tests/oracle tests/demo
 	$(PYTEST) -p no:cacheprovider tests/ha --cov=custom_components/energykart --cov-report=term --cov-fail-under=95
+	$(PYTEST) -p no:homeassistant -p no:cacheprovider tests/browser
 
 bench: bootstrap
 	$(PY) bench/gas.py
@@ -43,6 +44,9 @@ bench: bootstrap
 
 demo: bootstrap
 	$(PY) -m energykart_demo $(ARGS)
+
+ha: bootstrap
+	$(PY) -m devchain.ha_demo $(ARGS)
 
 clean-env:
 	rm -rf $(VENV) node_modules

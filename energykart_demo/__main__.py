@@ -16,6 +16,7 @@ from pathlib import Path
 
 import aiohttp
 from rich.console import Console
+from web3.exceptions import Web3Exception
 
 from devchain.anvil import Anvil
 from energykart_demo.chart import draw_chart
@@ -75,10 +76,9 @@ async def _play(
     devnet: Devnet, days: list[HomeDay], args: argparse.Namespace, oracle_url: str, console: Console
 ) -> DayOutcome:
     timeout = aiohttp.ClientTimeout(total=60)
+    view: View = PlainView(console) if args.no_live else LiveView(console, [d.spec.kind for d in days])
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        day = TradingDay(devnet, days, args.steps, args.seed, session, oracle_url, PlainView(console))
-        view: View = day.view if args.no_live else LiveView(console, day.ledger, [d.spec.kind for d in days])
-        day.view = view
+        day = TradingDay(devnet, days, args.steps, args.seed, session, oracle_url, view)
         return await day.play()
 
 
@@ -86,6 +86,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console(soft_wrap=True)
     days = plan_homes(args.homes, args.steps, args.seed)
+    oracle: OracleProcess | None = None
     with ExitStack() as stack:
         rpc_url = args.rpc_url
         try:
@@ -97,12 +98,19 @@ def run(argv: Sequence[str] | None = None) -> int:
             oracle = stack.enter_context(OracleProcess(rpc_url, devnet.market, bytes(devnet.relayer.key)))
             console.print(f"oracle running at {oracle.url} (relayer {devnet.relayer.address})")
             outcome = asyncio.run(_play(devnet, days, args, oracle.url, console))
-        except (DevnetError, OracleError, TradeRejected, FileNotFoundError, TimeoutError) as err:
+        except (
+            DevnetError,
+            OracleError,
+            DemoError,
+            TradeRejected,
+            FileNotFoundError,
+            TimeoutError,
+            aiohttp.ClientError,
+            Web3Exception,
+        ) as err:
             console.print(f"[red]energykart demo: {err}[/red]")
-            return 2
-        except DemoError as err:
-            console.print(f"[red]energykart demo: {err}[/red]")
-            console.print(f"oracle log:\n{oracle.log_tail()}", markup=False, highlight=False)
+            if oracle is not None:
+                console.print(f"oracle log:\n{oracle.log_tail()}", markup=False, highlight=False)
             return 2
     report = build_report(outcome, devnet, days, args.steps, args.seed)
     write_report(report, args.report)

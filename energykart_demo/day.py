@@ -74,7 +74,6 @@ class DayOutcome:
     gas: list[GasUse]
     conservation: list[ConservationCheck] = field(default_factory=list)
     balances: list[BalanceCheck] = field(default_factory=list)
-    start_time: int = 0
 
     @property
     def conservation_ok(self) -> bool:
@@ -121,28 +120,23 @@ class TradingDay:
         ]
         homes = self.devnet.homes
         wallets = await asyncio.gather(*(self.market.balance(h) for h in homes))
-        outcome = DayOutcome(self.ledger, gas=[], start_time=start)
+        outcome = DayOutcome(self.ledger, gas=[])
         for k, day_figures in enumerate(self.ledger.figures):
             day_figures.surplus_wh = sum(d.surplus_wh[k] for d in self.days)
             day_figures.demand_wh = sum(d.import_wh[k] for d in self.days)
 
         total = self.steps + WIND_DOWN_STEPS
-        self.view.begin(total)
-        for k in range(total):
-            label = f"timestep {k + 1}/{self.steps} {clock(k, self.steps)}" if k < self.steps else "closing the day"
-            self.view.step(k, label)
-            self.ledger.step = k
-            await self._meter_step(start + k * STEP_SECONDS, energy_step=k - 1)
-            await self._award_step(start + k * STEP_SECONDS, closing=k >= self.steps)
-            await self._close(traders.to_close(k, self.ledger, everything=k >= self.steps))
-            if k < self.steps:
-                await self._trade(k, traders, bidding_ends=start + (k + 1) * STEP_SECONDS + AWARD_DELAY)
-            outcome.conservation.append(await self._conservation(k))
-        await self._release_rest(start + total * STEP_SECONDS)
-        await self._withdraw_all()
-        outcome.conservation.append(await self._conservation(total))
-        self.view.step(total, "day over")
-        self.view.end()
+        self.view.begin(total, self.ledger)
+        try:
+            for k in range(total):
+                await self._timestep(k, start, traders)
+                outcome.conservation.append(await self._conservation(k))
+            await self._release_rest(start + total * STEP_SECONDS)
+            await self._withdraw_all()
+            outcome.conservation.append(await self._conservation(total))
+            self.view.step(total, "day over")
+        finally:
+            self.view.end()
 
         head = await self.market.head()
         outcome.gas = await self.market.gas_uses(self.devnet.deploy_block, head)
@@ -153,6 +147,17 @@ class TradingDay:
             fees = sum(g.fee_wei for g in outcome.gas if g.sender == home)
             outcome.balances.append(BalanceCheck(i, wallets[i], end_wallets[i], fees, book.earned_wei, book.paid_wei))
         return outcome
+
+    async def _timestep(self, k: int, start: int, traders: Traders) -> None:
+        label = f"timestep {k + 1}/{self.steps} {clock(k, self.steps)}" if k < self.steps else "closing the day"
+        self.view.step(k, label)
+        self.ledger.step = k
+        closing = k >= self.steps
+        await self._meter_step(start + k * STEP_SECONDS, energy_step=k - 1)
+        await self._award_step(start + k * STEP_SECONDS, closing=closing)
+        await self._close(traders.to_close(k, self.ledger, everything=closing))
+        if not closing:
+            await self._trade(k, traders, bidding_ends=start + (k + 1) * STEP_SECONDS + AWARD_DELAY)
 
     def _clock(self) -> float:
         return float(self._chain_time)

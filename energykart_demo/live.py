@@ -19,7 +19,7 @@ SHOWN_CONNECTIONS = 8
 
 
 class View(Protocol):
-    def begin(self, total: int) -> None: ...
+    def begin(self, total: int, ledger: Ledger) -> None: ...
 
     def step(self, done: int, label: str) -> None: ...
 
@@ -35,8 +35,8 @@ class PlainView:
         self._console = console
         self._label = ""
 
-    def begin(self, total: int) -> None:
-        self._console.print(f"playing {total} timesteps")
+    def begin(self, total: int, ledger: Ledger) -> None:
+        self._console.print(f"playing {total} timesteps ({len(ledger.figures)} of trading, then closing the day)")
 
     def step(self, done: int, label: str) -> None:
         self._label = label
@@ -52,9 +52,9 @@ class PlainView:
 class LiveView:
     """A live screen: progress, this timestep's offers, the connections, each home's trading, recent events."""
 
-    def __init__(self, console: Console, ledger: Ledger, kinds: list[str]) -> None:
+    def __init__(self, console: Console, kinds: list[str]) -> None:
         self._console = console
-        self._ledger = ledger
+        self._ledger = Ledger([], [], [], 0)
         self._kinds = kinds
         self._recent: deque[str] = deque(maxlen=RECENT_LINES)
         self._progress = Progress(
@@ -65,10 +65,12 @@ class LiveView:
             console=console,
         )
         self._task = self._progress.add_task("trading day", total=None)
-        self._live = Live(self._render(), console=console, refresh_per_second=8, transient=False)
+        self._live = Live(console=console, refresh_per_second=8)
 
-    def begin(self, total: int) -> None:
+    def begin(self, total: int, ledger: Ledger) -> None:
+        self._ledger = ledger
         self._progress.update(self._task, total=total)
+        self._live.update(self._render())
         self._live.start()
 
     def step(self, done: int, label: str) -> None:

@@ -23,11 +23,11 @@ GWEI = 10**9
 
 # Roles handed out in turn, so any number of homes mixes sellers and buyers.
 _ROLES: tuple[tuple[str, float, int], ...] = (  # (kind, solar kWp, battery Wh)
-    ("solar + battery", 6.0, 8_000),
+    ("solar+battery", 6.0, 8_000),
     ("consumer", 0.0, 0),
     ("solar", 4.5, 0),
     ("consumer", 0.0, 0),
-    ("solar + battery", 5.0, 6_000),
+    ("solar+battery", 5.0, 6_000),
     ("consumer", 0.0, 0),
 )
 

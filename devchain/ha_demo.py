@@ -425,6 +425,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config-dir", type=Path, default=RUNTIME_DIR, help="runtime config folder (recreated)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
 
     if not _port_free(args.host, args.port):
         parser.error(f"port {args.port} is in use; choose another with --port")

@@ -205,9 +205,10 @@ class Bench:
     # ------------------------------------------------------------ readings
 
     def report(self, deliveries: Sequence[tuple[LocalAccount, int]]) -> TxReceipt:
-        """Settle one reading per meter, each `wh` above the meter's last one, timestamped now."""
+        """Settle one reading per meter, each `wh` above the meter's last one, timestamped at the block
+        that settles it (a reading taken in the award's own second would be the new baseline)."""
         domain = Domain(chain_id=self.w3.eth.chain_id, contract=self.market.address)
-        timestamp = self.now()
+        timestamp = self.now() + 1
         readings = []
         for meter, wh in deliveries:
             cumulative = self.meter_wh.get(meter.address, 0) + wh

@@ -67,6 +67,7 @@ contract EnergyMarket {
         uint32 deliveredWh; // final delivered energy once Completed or Released
         uint32 claimedWh; // energy already paid into the seller's credit
         uint48 baselineWh; // the meter's reading at the award
+        uint40 awardedAt; // when it was awarded (kept here only while queued)
     }
 
     /// @dev The one slot an accepted reading writes: the meter's last reading and the connection it
@@ -78,6 +79,7 @@ contract EnergyMarket {
         uint32 head;
         uint48 headEndWh; // the cumulative reading at which the head connection is full
         uint40 headClosedAt; // copy of the head's closedAt, 0 while open
+        uint40 headAwardedAt; // a reading taken at or before this time is the head's baseline
     }
 
     struct MeterInfo {
@@ -245,6 +247,7 @@ contract EnergyMarket {
     error WrongEscrow(uint256 requiredWei, uint256 sentWei);
     error NotMeterOwner(address meter, address owner);
     error MeterNeverReported(address meter);
+    error MeterHasConnections(address meter);
     error SelfTrade();
     error NotSeller(uint256 id);
     error NotBuyer(uint256 id);
@@ -320,12 +323,15 @@ contract EnergyMarket {
     }
 
     /// @notice Register `meter` (the key the meter signs with) to `owner`. A revoked meter can be
-    /// registered again; its last reading is kept, so old readings cannot be replayed.
+    /// registered again once its connections have ended; its last reading is kept, so old readings
+    /// cannot be replayed.
     function registerMeter(address meter, address owner) external onlyRegistrar {
         if (meter == address(0) || owner == address(0)) revert ZeroAddress();
         MeterState storage st = _meterState[meter];
         if (st.registered) revert MeterAlreadyRegistered(meter);
         MeterInfo storage info = _meterInfo[meter];
+        // A new owner's consumption must never be billed to the previous owner's connections.
+        if (info.tail != 0) revert MeterHasConnections(meter);
         uint32 id = info.id;
         if (id == 0) {
             id = ++_counters.meterCount;
@@ -470,11 +476,13 @@ contract EnergyMarket {
             st.head = id32;
             st.headEndWh = baseline + rec.energyWh;
             st.headClosedAt = 0;
+            st.headAwardedAt = uint40(block.timestamp);
         } else {
             Record storage last = _records[tail];
             last.meterNext = id32;
             rec.meterPrev = tail;
             rec.baselineWh = baseline;
+            rec.awardedAt = uint40(block.timestamp);
         }
         info.tail = id32;
         emit ConnectionOpened(id, rec.seller, buyer, meter, rec.price, rec.energyWh, baseline);
@@ -808,11 +816,14 @@ contract EnergyMarket {
             word := sload(stored.slot)
         }
         // Layout of MeterState (lowest bits first): lastWh 48, lastTs 40, registered 8, head 32,
-        // headEndWh 48, headClosedAt 40.
+        // headEndWh 48, headClosedAt 40, headAwardedAt 40.
         if ((word >> 88) & 0xff == 0) return SkipReason.UnknownMeter;
         if (ts <= (word >> 48) & 0xffffffffff || wh < word & 0xffffffffffff) return SkipReason.NotNewer;
         uint256 head = (word >> 96) & 0xffffffff;
-        if (head == 0 || ((word >> 176) & 0xffffffffff == 0 && wh < (word >> 128) & 0xffffffffffff)) {
+        if (
+            head == 0
+                || ((word >> 176) & 0xffffffffff == 0 && wh < (word >> 128) & 0xffffffffffff && ts > word >> 216)
+        ) {
             word = (word & ~uint256(0xffffffffffffffffffffff)) | (ts << 48) | wh;
             assembly {
                 sstore(stored.slot, word)
@@ -825,6 +836,11 @@ contract EnergyMarket {
             if (st.headClosedAt != 0 && (ts > st.headClosedAt || block.timestamp > st.headClosedAt + timestep)) {
                 // Energy of this reading was drawn after the close, or came after the grace window.
                 _endHead(st, meter, false);
+            } else if (ts <= st.headAwardedAt) {
+                // Taken at or before the award (and relayed late): this reading is the baseline.
+                uint256 start = st.headEndWh - _records[st.head].energyWh;
+                if (wh > start) st.headEndWh = uint48(wh + _records[st.head].energyWh);
+                break;
             } else if (wh >= st.headEndWh) {
                 _endHead(st, meter, true);
             } else {
@@ -853,12 +869,14 @@ contract EnergyMarket {
             _meterInfo[meter].tail = 0;
             st.headEndWh = 0;
             st.headClosedAt = 0;
+            st.headAwardedAt = 0;
         } else {
             Record storage nrec = _records[next];
             nrec.meterPrev = 0;
             uint256 nstart = nrec.baselineWh > endWh ? nrec.baselineWh : endWh;
             st.headEndWh = uint48(nstart + nrec.energyWh);
             st.headClosedAt = nrec.status == Status.Closed ? nrec.closedAt : 0;
+            st.headAwardedAt = nrec.awardedAt;
         }
     }
 

@@ -176,10 +176,9 @@ class Ledger:
         packed = args["readings"]
         assert isinstance(packed, list | tuple)
         self.readings_settled += len(packed)
-        meters = sorted(
-            self.names[self._meter_home[unpack(int(w))[0]]] for w in packed if unpack(int(w))[0] in self._meter_home
-        )
-        return f"oracle settled {len(packed)} signed readings ({', '.join(meters)})"
+        meters = [unpack(int(word))[0] for word in packed]
+        homes = sorted(self.names[self._meter_home[m]] for m in meters if m in self._meter_home)
+        return f"oracle settled {len(packed)} signed readings ({', '.join(homes)})"
 
     def _on_ReadingSkipped(self, args: dict[str, object]) -> str:
         self.readings_skipped += 1

@@ -109,6 +109,7 @@ def build_report(outcome: DayOutcome, devnet: Devnet, days: list[HomeDay], steps
         "bids": sum(o.bids for o in ledger.offers.values()),
         "outbids": ledger.outbids,
         "readings_settled": ledger.readings_settled,
+        "readings_skipped": ledger.readings_skipped,
         "trades": trades,
         "homes": homes,
         "timesteps": timesteps,

@@ -45,6 +45,8 @@ def test_money_is_conserved_and_energy_traded(day) -> None:
     assert report["energy_traded_wh"] > 0
     assert report["payments_wei"] > 0
     assert "conservation OK" in output
+    assert report["readings_skipped"] == 0
+    assert report["readings_settled"] >= 3 * 6  # every meter, every timestep
     homes = report["homes"]
     assert len(homes) == 3
     assert all(home["balance_ok"] for home in homes)

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from homeassistant.config_entries import ConfigEntry
 from homeassistant.helpers.device_registry import DeviceEntryType, DeviceInfo
 from homeassistant.helpers.update_coordinator import CoordinatorEntity
 
 from .client import Connection
 from .const import DOMAIN
 from .coordinator import EnergyKartCoordinator
+
+
+def wallet_device_info(entry: ConfigEntry) -> DeviceInfo:
+    """The wallet device of a config entry."""
+    return DeviceInfo(
+        identifiers={(DOMAIN, str(entry.unique_id))},
+        name=entry.title,
+        manufacturer="Energy-Kart",
+        model="Market wallet",
+        entry_type=DeviceEntryType.SERVICE,
+    )
 
 
 class EnergyKartEntity(CoordinatorEntity[EnergyKartCoordinator]):
@@ -17,15 +29,8 @@ class EnergyKartEntity(CoordinatorEntity[EnergyKartCoordinator]):
 
     def __init__(self, coordinator: EnergyKartCoordinator, key: str) -> None:
         super().__init__(coordinator)
-        wallet_id = str(coordinator.config_entry.unique_id)
-        self._attr_unique_id = f"{wallet_id}-{key}"
-        self._attr_device_info = DeviceInfo(
-            identifiers={(DOMAIN, wallet_id)},
-            name=coordinator.config_entry.title,
-            manufacturer="Energy-Kart",
-            model="Market wallet",
-            entry_type=DeviceEntryType.SERVICE,
-        )
+        self._attr_unique_id = f"{coordinator.config_entry.unique_id}-{key}"
+        self._attr_device_info = wallet_device_info(coordinator.config_entry)
 
 
 class EnergyKartConnectionEntity(CoordinatorEntity[EnergyKartCoordinator]):

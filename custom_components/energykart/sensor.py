@@ -321,6 +321,7 @@ class BatterySocSensor(_SourceSensor):
     _attr_translation_key = "battery_soc"
     _attr_device_class = SensorDeviceClass.BATTERY
     _attr_native_unit_of_measurement = PERCENTAGE
+    _attr_suggested_display_precision = 0
     _sources = (CONF_BATTERY_SOC,)
 
     def __init__(self, coordinator: EnergyKartCoordinator) -> None:

@@ -96,7 +96,7 @@ async def test_full_trade(hass: HomeAssistant, chain: Chain, anvil: Anvil, freez
     assert state(hass, "binary_sensor.connection_1_selling_delivering") == STATE_ON
     assert state(hass, f"sensor.{SELLER_ID}_open_offers") == "0"
 
-    chain.settle(chain.sign(meter, 5500, chain.now()))
+    chain.settle(chain.sign(meter, 5500, chain.now() + 1))  # after the award second
     await poll(hass, freezer)
     assert {event.data["role"] for event in settled} == {"buyer", "seller"}
     assert float(state(hass, f"sensor.{BUYER_ID}_energy_bought")) == 0.5

@@ -30,6 +30,7 @@ from energykart_demo.report import build_report, print_summary, write_report
 
 DEFAULT_REPORT = Path("out/demo-report.json")
 MAX_HOMES = 18  # anvil's 20 default accounts: a deployer, the homes, the relayer
+LIVE_PACE = 2.0  # a live day of 24 timesteps lasts about a minute, slow enough to follow
 
 
 def _positive(text: str) -> int:
@@ -64,9 +65,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="JSON report path; the PNG chart is written next to it (default %(default)s -> out/demo-chart.png)",
     )
     parser.add_argument("--no-live", action="store_true", help="plain log lines instead of the live table")
+    parser.add_argument(
+        "--pace",
+        type=float,
+        help=f"least wall-clock seconds per timestep (default {LIVE_PACE:g} with the live table, 0 with --no-live)",
+    )
     args = parser.parse_args(argv)
     if not 2 <= args.homes <= MAX_HOMES:
         parser.error(f"--homes must be from 2 to {MAX_HOMES}")
+    if args.pace is not None and not 0 <= args.pace <= 60:
+        parser.error("--pace must be from 0 to 60 seconds")
     if args.steps < 3:
         parser.error("--steps must be at least 3 (an offer needs a timestep to be awarded and one to deliver)")
     return args
@@ -78,7 +86,8 @@ async def _play(
     timeout = aiohttp.ClientTimeout(total=60)
     view: View = PlainView(console) if args.no_live else LiveView(console, [d.spec.kind for d in days])
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        day = TradingDay(devnet, days, args.steps, args.seed, session, oracle_url, view)
+        pace = args.pace if args.pace is not None else 0.0 if args.no_live else LIVE_PACE
+        day = TradingDay(devnet, days, args.steps, args.seed, session, oracle_url, view, pace)
         return await day.play()
 
 

@@ -90,8 +90,10 @@ class TradingDay:
         session: aiohttp.ClientSession,
         oracle_url: str,
         view: View,
+        pace: float = 0.0,
     ) -> None:
         self.devnet = devnet
+        self.pace = pace
         self.days = list(days)
         self.steps = steps
         self.session = session
@@ -128,9 +130,12 @@ class TradingDay:
         total = self.steps + WIND_DOWN_STEPS
         self.view.begin(total, self.ledger)
         try:
+            loop = asyncio.get_running_loop()
             for k in range(total):
+                began = loop.time()
                 await self._timestep(k, start, traders)
                 outcome.conservation.append(await self._conservation(k))
+                await asyncio.sleep(max(0.0, self.pace - (loop.time() - began)))  # time to watch it
             await self._release_rest(start + total * STEP_SECONDS)
             await self._withdraw_all()
             outcome.conservation.append(await self._conservation(total))

@@ -114,10 +114,6 @@ class Ledger:
                 lines.append(line)
         return lines
 
-    def _name(self, address: str) -> str:
-        index = self._home_of.get(address)
-        return address if index is None else self.names[index]
-
     def _on_OfferCreated(self, args: dict[str, object]) -> str:
         offer = Offer(
             id=_int(args["id"]),

@@ -52,6 +52,9 @@ def build_report(outcome: DayOutcome, devnet: Devnet, days: list[HomeDay], steps
                 "bought_wh": book.bought_wh,
                 "earned_wei": book.earned_wei,
                 "paid_wei": book.paid_wei,
+                "escrowed_wei": book.escrowed_wei,
+                "outbid_refund_wei": book.outbid_wei,
+                "connection_refund_wei": book.refund_wei,
                 "withdrawn_wei": book.withdrawn_wei,
                 "gas_fees_wei": balance.fees_wei,
                 "balance_change_wei": balance.end_wei - balance.start_wei,
@@ -82,6 +85,8 @@ def build_report(outcome: DayOutcome, devnet: Devnet, days: list[HomeDay], steps
             "delivered_wh": c.delivered_wh,
             "paid_wei": c.paid_wei,
             "refund_wei": c.refund_wei,
+            "closed_timestep": c.closed_step,
+            "ended_timestep": c.ended_step,
             "status": c.status.name.lower(),
         }
         for c in sorted(ledger.connections.values(), key=lambda c: c.id)

@@ -52,6 +52,9 @@ def test_money_is_conserved_and_energy_traded(day) -> None:
     assert all(home["balance_ok"] for home in homes)
     assert sum(h["sold_wh"] for h in homes) == sum(h["bought_wh"] for h in homes) == report["energy_traded_wh"]
     assert sum(h["earned_wei"] for h in homes) == sum(h["paid_wei"] for h in homes) == report["payments_wei"]
+    for home in homes:  # what each home took out is what it earned plus what its escrow did not pay
+        assert home["withdrawn_wei"] == home["earned_wei"] + home["escrowed_wei"] - home["paid_wei"]
+        assert home["escrowed_wei"] == home["paid_wei"] + home["outbid_refund_wei"] + home["connection_refund_wei"]
 
 
 def test_payments_match_the_chain(day, anvil: Anvil) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -130,7 +131,12 @@ def run(argv: Sequence[str] | None = None) -> int:
     return 0 if report["conservation_ok"] else 1
 
 
+def _stop_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the context managers: the oracle and anvil stop too
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     sys.exit(run())
 
 

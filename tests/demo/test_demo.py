@@ -19,14 +19,16 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "energykart_demo", *args],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    """Run the demo; on a timeout stop it with SIGTERM, so it stops its oracle (and anvil) too."""
+    command = [sys.executable, "-m", "energykart_demo", *args]
+    with subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            stdout, stderr = proc.communicate(timeout=30)
+            pytest.fail(f"the demo did not finish within 120 s:\n{stdout}{stderr}")
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ lower), then the EIP-712 signature. Readings of a batch are checked in order, so
 several readings of one meter, oldest first. The accepted ones are inserted in one SQLite
 transaction before the answer; until that commit succeeds nothing is counted as accepted.
 
-Signature recovery calls libsecp256k1 through coincurve directly (the backend eth-keys uses) and
-skips eth-keys' object layers and checksum formatting per reading: recovery is the ingest's cost.
+Signature recovery (oracle.readings.recover_public_key) is the ingest's cost; a meter's public key
+is remembered once it has been seen to hash to the meter's address, which saves a hash per reading.
 """
 
 from __future__ import annotations
@@ -17,18 +17,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from coincurve import PublicKey
-from eth_hash.auto import keccak as keccak256
 from eth_typing import ChecksumAddress
 from eth_utils.address import to_checksum_address
 
 from oracle.metrics import Metrics
-from oracle.readings import MAX_TIMESTAMP, MAX_WH, Domain, SignedReading, reading_digest
+from oracle.readings import MAX_TIMESTAMP, MAX_WH, Domain, InvalidReading, SignedReading, address_of, recover_public_key
 from oracle.registry import ChainView
 from oracle.store import ReadingStore
 
 MAX_CLOCK_SKEW = 300  # the contract's MAX_CLOCK_SKEW: later readings would be skipped on chain
-_SECP256K1_HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _SIGNATURE = re.compile(r"0x[0-9a-fA-F]{130}")
 _FIELDS = {"meter", "cumulativeWh", "timestamp", "signature"}
@@ -59,6 +56,9 @@ class _Reject(Exception):
 class Ingest:
     def __init__(self, domain: Domain, store: ReadingStore, chain: ChainView, metrics: Metrics) -> None:
         self._separator = domain.separator()
+        # Each meter's public key once it has been seen to hash to the meter's address: later
+        # readings compare keys and skip that hash.
+        self._public_keys: dict[str, bytes] = {}
         self._store = store
         self._chain = chain
         self._metrics = metrics
@@ -151,15 +151,12 @@ class Ingest:
 
     def _verify(self, meter: str, wh: int, ts: int, signature: bytes) -> None:
         """The contract's rules: v 27 or 28, s in the lower half, signer is the meter."""
-        v = signature[64]
-        s = int.from_bytes(signature[32:64], "big")
-        if v not in (27, 28) or s == 0 or s > _SECP256K1_HALF_N:
-            raise _Reject(400, "bad_signature", "signature is malformed (v must be 27 or 28, s in the lower half)")
-        digest = reading_digest(self._separator, meter, wh, ts)
         try:
-            public = PublicKey.from_signature_and_message(signature[:64] + bytes([v - 27]), digest, hasher=None)
-        except Exception as err:  # libsecp256k1 reports invalid points in several ways
-            raise _Reject(400, "bad_signature", "signature does not recover to a public key") from err
-        signer = keccak256(public.format(compressed=False)[1:])[12:]
-        if signer != bytes.fromhex(meter[2:]):
+            key = recover_public_key(self._separator, meter, wh, ts, signature)
+        except InvalidReading as err:
+            raise _Reject(400, err.reason, err.detail) from err
+        if self._public_keys.get(meter) == key:
+            return
+        if address_of(key) != bytes.fromhex(meter[2:]):
             raise _Reject(400, "bad_signature", f"signature is not by meter {meter} for this chain and contract")
+        self._public_keys[meter] = key

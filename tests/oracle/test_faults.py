@@ -46,7 +46,7 @@ def test_sigkill_loses_no_accepted_reading_and_settles_none_twice(
     chain: Chain, start_oracle: Callable[..., Oracle]
 ) -> None:
     meters = [chain.new_meter(chain.accounts[7]) for _ in range(10)]
-    rounds = _readings(chain, meters, 40)
+    rounds = _readings(chain, meters, 200)  # enough that the kill lands while batches are still posted
     oracle = start_oracle(chain)
     answered: list[list[SignedReading]] = []
 

@@ -41,6 +41,7 @@ test: bootstrap lint
 bench: bootstrap
 	$(PY) bench/gas.py
 	$(PY) bench/oracle_ingest.py
+	$(PY) bench/scale.py
 
 demo: bootstrap
 	$(PY) -m energykart_demo $(ARGS)

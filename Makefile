@@ -9,7 +9,7 @@ STAMP_NODE := node_modules/.stamp
 PYTEST := $(PY) -m pytest
 HYPOTHESIS_EXAMPLES ?= 200
 
-.PHONY: demo test lint bench contracts bootstrap clean-env ha
+.PHONY: demo test lint bench soak contracts bootstrap clean-env ha
 .DEFAULT_GOAL := test
 
 $(STAMP_PY): pyproject.toml constraints.txt scripts/bootstrap-venv.sh
@@ -42,6 +42,17 @@ bench: bootstrap
 	$(PY) bench/gas.py
 	$(PY) bench/oracle_ingest.py
 	$(PY) bench/scale.py
+
+# Long runs, one after the other: the contract's stateful property test at
+# 10,000 examples, the oracle under load for SOAK_MINUTES with its node restarted twice and itself
+# killed twice (bench/soak.py prints the figures as JSON), and the fuzzing of its HTTP input.
+SOAK_MINUTES ?= 5
+SOAK_STATEFUL_EXAMPLES ?= 10000
+SOAK_FUZZ_EXAMPLES ?= 2000
+soak: bootstrap
+	HYPOTHESIS_EXAMPLES=$(SOAK_STATEFUL_EXAMPLES) $(PYTEST) -p no:homeassistant -p no:cacheprovider -q tests/contract/test_stateful.py
+	$(PY) bench/soak.py --minutes $(SOAK_MINUTES)
+	FUZZ_EXAMPLES=$(SOAK_FUZZ_EXAMPLES) $(PYTEST) -p no:homeassistant -p no:cacheprovider -q tests/oracle/test_fuzz.py
 
 demo: bootstrap
 	$(PY) -m energykart_demo $(ARGS)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from eth_utils.address import is_address, to_checksum_address
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -56,10 +57,18 @@ async def post_readings(request: web.Request) -> web.Response:
         body = await request.read()  # bounded by client_max_size for chunked bodies
     except web.HTTPRequestEntityTooLarge:
         return _too_large(ctx)
+    except web.RequestPayloadError as err:  # e.g. Content-Encoding: gzip over bytes that are not gzip
+        cause = err.__cause__
+        reason = cause.message if isinstance(cause, HttpProcessingError) else str(err)
+        return _refuse(ctx, 400, "invalid_json", f"body cannot be decoded: {reason}")
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as err:
         return _refuse(ctx, 400, "invalid_json", f"body is not JSON: {err}")
+    except RecursionError:  # json's C decoder recurses once per level; 1 MiB of '[' nests far deeper
+        return _refuse(
+            ctx, 400, "invalid_json", "body is not JSON the oracle can decode: arrays or objects nest too deeply"
+        )
     if isinstance(data, dict) and "readings" in data:
         items = data["readings"]
         if set(data) != {"readings"} or not isinstance(items, list):
@@ -139,8 +148,9 @@ async def admin_tick(request: web.Request) -> web.Response:
 
 
 def build_app(ctx: ApiContext) -> web.Application:
-    # One byte over the limit lets request.read() detect an oversized chunked body.
-    app = web.Application(client_max_size=ctx.max_body)
+    # request.read() refuses a body of client_max_size bytes or more (also a chunked one): one byte
+    # over --max-body, so a body of exactly --max-body bytes is accepted as documented.
+    app = web.Application(client_max_size=ctx.max_body + 1)
     app[_CONTEXT] = ctx
     app.router.add_post("/v1/readings", post_readings)
     app.router.add_get("/v1/meters/{address}", get_meter)

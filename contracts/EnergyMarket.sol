@@ -29,7 +29,8 @@ contract EnergyMarket {
         FutureTimestamp, // signed for a time after the current block (plus clock skew)
         BadSignature, // malformed signature, or not signed by the meter it names
         UnknownMeter, // never registered, or revoked
-        NotNewer // timestamp not after the last accepted one, or cumulative decreased (replay)
+        NotNewer, // timestamp not after the last accepted one, or cumulative decreased (replay)
+        OutOfRange // cumulativeWh above MAX_READING_WH
     }
 
     /// @notice A meter reading as the meter signed it (EIP-712 type `Reading`), packed into three
@@ -160,6 +161,9 @@ contract EnergyMarket {
     uint256 private constant _HALF_CURVE_ORDER = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0;
     /// @notice The longest bidding period an offer may ask for.
     uint256 public constant MAX_BIDDING_SECONDS = 30 days;
+    /// @notice The largest cumulative reading accepted: a connection's end (reading + cap) must still
+    /// fit the 48 bits it is stored in. 2^48 Wh is 281 TWh, far beyond any meter's lifetime.
+    uint256 public constant MAX_READING_WH = type(uint48).max - type(uint32).max;
     /// @notice How far ahead of the block a reading's timestamp may be (meter clocks drift).
     uint256 public constant MAX_CLOCK_SKEW = 5 minutes;
 
@@ -786,6 +790,7 @@ contract EnergyMarket {
         uint256 wh = (reading >> 40) & 0xffffffffffff;
         uint256 ts = reading & 0xffffffffff;
         if (ts > block.timestamp + MAX_CLOCK_SKEW) return SkipReason.FutureTimestamp;
+        if (wh > MAX_READING_WH) return SkipReason.OutOfRange;
         uint256 v = (uint256(vs) >> 255) + 27;
         bytes32 s = vs & bytes32(0x7fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff);
         if (uint256(s) > _HALF_CURVE_ORDER) return SkipReason.BadSignature;

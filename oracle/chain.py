@@ -46,6 +46,7 @@ class SkipReason(IntEnum):
     BAD_SIGNATURE = 2
     UNKNOWN_METER = 3
     NOT_NEWER = 4
+    OUT_OF_RANGE = 5
 
 
 class Status(IntEnum):

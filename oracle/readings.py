@@ -20,7 +20,8 @@ from sha3 import keccak_256
 
 DOMAIN_NAME = "Energy-Kart"
 DOMAIN_VERSION = "1"
-MAX_WH = 2**48 - 1
+MAX_WH = 2**48 - 2**32  # the contract's MAX_READING_WH: reading + a connection's cap fit 48 bits
+PACKED_MAX_WH = 2**48 - 1  # the widest cumulative the packed on-chain reading can carry
 MAX_TIMESTAMP = 2**40 - 1
 _SECP256K1_HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
 
@@ -100,16 +101,17 @@ class SignedReading:
         }
 
 
-def check_range(cumulative_wh: int, timestamp: int) -> None:
-    if not 0 <= cumulative_wh <= MAX_WH:
-        raise InvalidReading("out_of_range", f"cumulativeWh must be an integer from 0 to {MAX_WH}")
+def check_range(cumulative_wh: int, timestamp: int, max_wh: int = MAX_WH) -> None:
+    if not 0 <= cumulative_wh <= max_wh:
+        raise InvalidReading("out_of_range", f"cumulativeWh must be an integer from 0 to {max_wh}")
     if not 0 < timestamp <= MAX_TIMESTAMP:
         raise InvalidReading("out_of_range", f"timestamp must be Unix seconds from 1 to {MAX_TIMESTAMP}")
 
 
 def sign_reading(private_key: bytes | str, domain: Domain, cumulative_wh: int, timestamp: int) -> SignedReading:
-    """Sign a reading with the meter's key (eth-account's EIP-712 encoder)."""
-    check_range(cumulative_wh, timestamp)
+    """Sign a reading with the meter's key (eth-account's EIP-712 encoder). Anything that fits the
+    packed on-chain form can be signed (tests sign out-of-range readings to see them refused)."""
+    check_range(cumulative_wh, timestamp, max_wh=PACKED_MAX_WH)
     account = Account.from_key(private_key)
     message = {"meter": account.address, "cumulativeWh": cumulative_wh, "timestamp": timestamp}
     signable = encode_typed_data(domain.as_dict(), READING_TYPES, message)

@@ -21,7 +21,7 @@ from oracle.readings import Domain, SignedReading, sign_reading
 
 # Status and SkipReason enums of the contract, by name.
 STATUS = ["Bidding", "Cancelled", "Expired", "Active", "Closed", "Completed", "Released"]
-SKIP = ["None", "FutureTimestamp", "BadSignature", "UnknownMeter", "NotNewer"]
+SKIP = ["None", "FutureTimestamp", "BadSignature", "UnknownMeter", "NotNewer", "OutOfRange"]
 
 
 def _error_selectors() -> dict[str, str]:

@@ -1,8 +1,7 @@
 """Threats of docs/SECURITY.md that the rule tests do not already show.
 
-The two `xfail(strict=True)` tests are open weaknesses of the contract (see docs/SECURITY.md,
-"Open findings"): they assert what must hold, fail today, and will fail loudly (XPASS) once the
-contract is fixed, so that the marker is removed with the fix.
+The last two tests are the findings F1 and F2 of docs/SECURITY.md, fixed by the contract's
+MAX_READING_WH: a reading above it is skipped as OutOfRange.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ PRICE = 10**12 + 7  # wei per kWh
 CAP = 5000  # Wh
 BASELINE = 1000
 MAX_WH = 2**48 - 1  # the widest cumulative a reading can carry (48 bits of the packed reading)
+MAX_READING_WH = 2**48 - 2**32  # the contract's MAX_READING_WH
 
 
 @pytest.fixture
@@ -131,10 +131,6 @@ def test_meter_clock_ahead_within_skew_moves_only_its_own_reading_window(chain: 
     chain.assert_conserved()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open finding F1: a cumulative near 2**48 signed for before the award wraps headEndWh (uint48)",
-)
 def test_wrapping_cumulative_cannot_freeze_a_sellers_withdrawals(
     chain: Chain, seller: str, buyer: str, attacker: str
 ) -> None:
@@ -153,7 +149,8 @@ def test_wrapping_cumulative_cannot_freeze_a_sellers_withdrawals(
     first_report = chain.meter(attacker_meter.address)["lastTimestamp"]
     chain.award(seller, attacker, attacker_meter.address, CAP, PRICE)
     poison = chain.sign(attacker_meter, MAX_WH, first_report + 1)  # "taken" before the award
-    chain.settle(poison, sender=attacker)
+    receipt = chain.settle(poison, sender=attacker)
+    assert [SKIP[e["reason"]] for e in chain.events(receipt, "ReadingSkipped")] == ["OutOfRange"]
 
     t = chain.now() + 10
     receipt = chain.settle_at(t, chain.sign(honest_meter, BASELINE + 1100, t), chain.sign(attacker_meter, MAX_WH, t))
@@ -162,15 +159,11 @@ def test_wrapping_cumulative_cannot_freeze_a_sellers_withdrawals(
     assert chain.credit(seller) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open finding F2: finalize overflows when the winner's meter reads within energyWh of 2**48",
-)
 def test_huge_meter_reading_cannot_freeze_an_auction(chain: Chain, seller: str, attacker: str) -> None:
     """A bidder whose meter reports a cumulative near 2**48 wins an offer: the award must still
     settle the auction one way or the other, never leave it stuck with the escrow locked."""
     m = chain.market.functions
-    meter = reported_meter(chain, attacker, MAX_WH - 10)
+    meter = reported_meter(chain, attacker, MAX_READING_WH)  # the largest reading the contract accepts
     offer = chain.create_offer(seller, CAP, PRICE)
     chain.place_bid(offer, attacker, meter.address, PRICE)
     chain.travel(600)

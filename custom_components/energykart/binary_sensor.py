@@ -21,7 +21,9 @@ async def async_setup_entry(
 
     @callback
     def add_connections() -> None:
-        new = set(coordinator.data.connections) - known
+        live = set(coordinator.data.connections)
+        known.intersection_update(live)  # an ended connection's entities went with its device
+        new = live - known
         known.update(new)
         async_add_entities(DeliveringBinarySensor(coordinator, connection_id) for connection_id in sorted(new))
 

@@ -7,6 +7,7 @@ posts JSON-RPC through the one ``aiohttp.ClientSession`` it is given, which it n
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -16,7 +17,7 @@ from typing import Any, cast
 import aiohttp
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_typing import ABIEvent, ChecksumAddress
+from eth_typing import ABIEvent, ChecksumAddress, HexStr
 from eth_utils.abi import event_abi_to_log_topic
 from eth_utils.crypto import keccak
 from hexbytes import HexBytes
@@ -26,6 +27,8 @@ from web3.exceptions import (
     ContractCustomError,
     ContractLogicError,
     ProviderConnectionError,
+    TimeExhausted,
+    TransactionNotFound,
     Web3Exception,
     Web3RPCError,
 )
@@ -36,6 +39,7 @@ ABI: list[dict[str, Any]] = json.loads((Path(__file__).parent / "abi" / "EnergyM
 DOMAIN_NAME = "Energy-Kart"
 DOMAIN_VERSION = "1"
 _HEADERS = {"Content-Type": "application/json"}
+RECEIPT_TIMEOUT = 120.0
 _ERRORS = {
     "0x" + keccak(text=f"{item['name']}({','.join(i['type'] for i in item['inputs'])})")[:4].hex(): item["name"]
     for item in ABI
@@ -85,6 +89,18 @@ class InsufficientFundsError(EnergyKartError):
         super().__init__(f"needs {required_wei} wei, has {balance_wei}")
         self.required_wei = required_wei
         self.balance_wei = balance_wei
+
+
+class TransactionUnconfirmedError(EnergyKartError):
+    """The transaction was (or may have been) broadcast, but its receipt could not be read.
+
+    The client remembers it: the same call again waits for this transaction (and broadcasts it
+    again if the node lost it) instead of sending a second one.
+    """
+
+    def __init__(self, tx_hash: str) -> None:
+        super().__init__(tx_hash)
+        self.tx_hash = tx_hash
 
 
 class TransactionRejectedError(EnergyKartError):
@@ -161,11 +177,25 @@ class Connection:
 
 @dataclass(frozen=True, slots=True)
 class MarketEvent:
-    """A decoded contract event."""
+    """A decoded contract event.
+
+    `key` names the log across reorganisations: its transaction, its name and its rank among the
+    transaction's events of that name. A transaction mined again in a replacing block emits its
+    events under the same keys, even when their data changed with the block (a timestamp).
+    """
 
     name: str
     block: int
     args: dict[str, Any]
+    key: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SignedTransaction:
+    """A transaction signed for broadcast; its hash is known before any node sees it."""
+
+    tx_hash: HexStr
+    raw: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,12 +221,12 @@ class SessionJSONRPCProvider(AsyncJSONBaseProvider):
         super().__init__()
         self.endpoint_uri = endpoint_uri
         self._session = session
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
 
     async def _post(self, body: bytes) -> Any:
         try:
             async with self._session.post(
-                self.endpoint_uri, data=body, headers=_HEADERS, timeout=self._timeout
+                self.endpoint_uri, data=body, headers=_HEADERS, timeout=self.timeout
             ) as response:
                 response.raise_for_status()
                 raw = await response.read()
@@ -255,6 +285,7 @@ class EnergyKartClient:
         )
         self.account: ChecksumAddress = AsyncWeb3.to_checksum_address(account)
         self._signer: LocalAccount | None = Account.from_key(private_key) if private_key else None
+        self._unconfirmed: dict[tuple[Any, ...], SignedTransaction] = {}
 
     @property
     def can_trade(self) -> bool:
@@ -292,6 +323,7 @@ class EnergyKartClient:
         return chain_id
 
     async def meter_owner(self, meter: str) -> ChecksumAddress:
+        """The account `meter` is registered to; the zero address when it is not (or was revoked)."""
         view = await self._guard(self.contract.functions.meterOf(AsyncWeb3.to_checksum_address(meter)).call())
         return cast(ChecksumAddress, view[0])
 
@@ -342,7 +374,7 @@ class EnergyKartClient:
                 connection_id: Connection.from_tuple(raw)
                 for connection_id, raw in zip(connection_ids, records[len(offer_ids) :], strict=True)
             },
-            events=tuple(self._decode(log) for log in logs if self._known(log)),
+            events=self._decode(logs),
         )
 
     async def read_records(self, offer_ids: Iterable[int]) -> tuple[dict[int, Offer], dict[int, Connection]]:
@@ -376,10 +408,20 @@ class EnergyKartClient:
     def _known(log: LogReceipt) -> bool:
         return bool(log["topics"]) and HexBytes(log["topics"][0]) in _EVENTS
 
-    def _decode(self, log: LogReceipt) -> MarketEvent:
-        name = _EVENTS[HexBytes(log["topics"][0])]
-        decoded = getattr(self.contract.events, name)().process_log(log)
-        return MarketEvent(name=name, block=int(log["blockNumber"]), args=dict(decoded["args"]))
+    def _decode(self, logs: Iterable[LogReceipt]) -> tuple[MarketEvent, ...]:
+        """The market's events in `logs`, each keyed by its transaction, its name and its rank among them."""
+        events: list[MarketEvent] = []
+        ranks: Counter[tuple[str, str]] = Counter()
+        for log in logs:
+            if not self._known(log):
+                continue
+            name = _EVENTS[HexBytes(log["topics"][0])]
+            decoded = getattr(self.contract.events, name)().process_log(log)
+            origin = (HexBytes(log["transactionHash"]).to_0x_hex(), name)
+            key = (*origin, str(ranks[origin]))
+            ranks[origin] += 1
+            events.append(MarketEvent(name=name, block=int(log["blockNumber"]), args=dict(decoded["args"]), key=key))
+        return tuple(events)
 
     # ------------------------------------------------------------------ transactions
 
@@ -407,14 +449,66 @@ class EnergyKartClient:
         receipt = await self._transact(self.contract.functions.withdraw())
         return "0x" + bytes(receipt["transactionHash"]).hex()
 
+    def sent_unconfirmed(self, function_name: str, *args: Any) -> bool:
+        """True when a transaction calling `function_name(*args)` went out unconfirmed.
+
+        Calling the same again then resumes that transaction rather than sending another.
+        """
+        return _call_key(function_name, args) in self._unconfirmed
+
     async def _transact(self, function: AsyncContractFunction, value: int = 0) -> Any:
         """Estimate, check the funds, sign locally, send raw and wait for the receipt.
 
         Everything that can fail for the user's input fails before the transaction is sent: the
-        gas estimate replays the call and surfaces the contract's custom error.
+        gas estimate replays the call and surfaces the contract's custom error. Once the signed
+        transaction is handed to the node it may be mined even if the node's answer is lost, so
+        from then on a transport failure raises TransactionUnconfirmedError with its hash, and
+        the same call later resumes it instead of signing a second one.
         """
         if self._signer is None:
             raise WatchOnlyError(self.account)
+        call = _call_key(function.fn_name, function.args)
+        signed = self._unconfirmed.get(call)
+        try:
+            if signed is not None and not await self._rebroadcast(signed):
+                del self._unconfirmed[call]
+                signed = None
+            if signed is None:
+                signed = await self._sign(self._signer, function, value)
+                self._unconfirmed[call] = signed
+                await self.w3.eth.send_raw_transaction(signed.raw)
+            receipt = await self.w3.eth.wait_for_transaction_receipt(
+                signed.tx_hash, timeout=RECEIPT_TIMEOUT, poll_latency=0.2
+            )
+        except Web3RPCError as err:  # the node refused the broadcast: nothing is out
+            self._unconfirmed.pop(call, None)
+            raise TransactionRejectedError(str(err.message or "Rejected")) from err
+        except (ProviderConnectionError, aiohttp.ClientError, TimeoutError, TimeExhausted) as err:
+            if call in self._unconfirmed:
+                raise TransactionUnconfirmedError(self._unconfirmed[call].tx_hash) from err
+            raise EnergyKartConnectionError(str(err)) from err
+        del self._unconfirmed[call]
+        if receipt["status"] != 1:
+            raise TransactionRejectedError("Reverted")
+        return receipt
+
+    async def _rebroadcast(self, signed: SignedTransaction) -> bool:
+        """Make sure the node has a transaction sent before; False when it can never be mined.
+
+        A node that restarted, or a reorganisation, may have lost it: it is broadcast again, and
+        refused only when its nonce went to another transaction meanwhile.
+        """
+        try:
+            await self.w3.eth.get_transaction(signed.tx_hash)
+        except TransactionNotFound:
+            try:
+                await self.w3.eth.send_raw_transaction(signed.raw)
+            except Web3RPCError:
+                return False
+        return True
+
+    async def _sign(self, signer: LocalAccount, function: AsyncContractFunction, value: int) -> SignedTransaction:
+        """Build and sign the transaction; nothing leaves Home Assistant but reads."""
         try:
             balance = await self.w3.eth.get_balance(self.account)
             if balance < value:
@@ -422,19 +516,16 @@ class EnergyKartClient:
             nonce = await self.w3.eth.get_transaction_count(self.account, "pending")
             params: TxParams = {"from": self.account, "value": Wei(value), "nonce": nonce}
             tx = await function.build_transaction(params)
-            fee = int(tx.get("maxFeePerGas", tx.get("gasPrice", 0)))
-            required = value + int(tx["gas"]) * fee
-            if balance < required:
-                raise InsufficientFundsError(required, balance)
-            signed = self._signer.sign_transaction(cast(dict[str, Any], tx))
-            tx_hash = await self.w3.eth.send_raw_transaction(signed.raw_transaction)
-            receipt = await self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120, poll_latency=0.2)
         except (ContractCustomError, ContractLogicError) as err:
             raise TransactionRejectedError(error_name(err)) from err
-        except Web3RPCError as err:  # the node refused it, e.g. too little ETH for the gas
-            raise TransactionRejectedError(str(err.message or "Rejected")) from err
-        except (ProviderConnectionError, aiohttp.ClientError, TimeoutError) as err:
-            raise EnergyKartConnectionError(str(err)) from err
-        if receipt["status"] != 1:
-            raise TransactionRejectedError("Reverted")
-        return receipt
+        fee = int(tx.get("maxFeePerGas", tx.get("gasPrice", 0)))
+        required = value + int(tx["gas"]) * fee
+        if balance < required:
+            raise InsufficientFundsError(required, balance)
+        signed = signer.sign_transaction(cast(dict[str, Any], tx))
+        return SignedTransaction(tx_hash=HexStr(HexBytes(signed.hash).to_0x_hex()), raw=bytes(signed.raw_transaction))
+
+
+def _call_key(function_name: str, args: Sequence[Any]) -> tuple[Any, ...]:
+    """What a transaction does, to recognise the same call made again (addresses in any case)."""
+    return (function_name, *(arg.lower() if isinstance(arg, str) else arg for arg in args))

@@ -39,6 +39,10 @@ MAX_SCAN_INTERVAL_SECONDS: Final = 3600
 OFFER_PAGE_SIZE: Final = 100
 MAX_BIDDING_MINUTES: Final = 30 * 24 * 60
 WEI_PER_ETH: Final = 10**18
+ZERO_ADDRESS: Final = "0x0000000000000000000000000000000000000000"
+# Logs of this many recent blocks are read again in every update, so an update sees what a
+# reorganisation of the chain's last blocks changed.
+REORG_WINDOW: Final = 12
 
 EVENT_OFFER_CREATED: Final = "energykart_offer_created"
 EVENT_OUTBID: Final = "energykart_outbid"

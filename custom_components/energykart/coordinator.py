@@ -12,7 +12,7 @@ from homeassistant.core import HomeAssistant
 from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
 from homeassistant.helpers.update_coordinator import DataUpdateCoordinator, UpdateFailed
-from web3.exceptions import Web3Exception, Web3RPCError
+from web3.exceptions import ContractLogicError, Web3Exception, Web3RPCError
 
 from .client import Connection, EnergyKartClient, EnergyKartError, MarketEvent, MarketRead, Offer, Status
 from .const import (
@@ -30,6 +30,7 @@ from .const import (
     EVENT_OUTBID,
     EVENT_SETTLED,
     LOGGER,
+    REORG_WINDOW,
     WEI_PER_ETH,
 )
 
@@ -89,7 +90,8 @@ class EnergyKartCoordinator(DataUpdateCoordinator[EnergyKartData]):
             entry.data.get(CONF_PRIVATE_KEY),
         )
         self.account: ChecksumAddress = self.client.account
-        self._next_block: int = entry.data[CONF_START_BLOCK]
+        self._head: int = entry.data[CONF_START_BLOCK] - 1
+        self._handled: dict[tuple[str, ...], int] = {}  # logs already handled, by key: their block
         self._history = _History()
         self._offers: set[int] = set()
         self._connections: set[int] = set()
@@ -126,32 +128,47 @@ class EnergyKartCoordinator(DataUpdateCoordinator[EnergyKartData]):
                 self._history.ended[connection.id] = (connection.delivered_wh, connection.paid_wei)
         self._offers = set(my_offers)
         self._connections = set(live_connections)
-        events = tuple(event for event in read.events if event.block >= self._next_block)
+        events = self._new_events(read)
         self._read_history(events)
         if not self._replaying:
             self._fire_events(events, connections)
         self._replaying = False
-        self._next_block = max([read.block, *(event.block for event in read.events)]) + 1
         data = self._summarize(read, my_offers, live_connections)
         self._remove_stale_devices(set(live_connections))
         return data
 
     async def _read_market(self) -> MarketRead:
-        """Read the market and the logs since the last update.
+        """Read the market and the logs of the last blocks.
 
-        The log range starts one block before the first unread block (that block's logs are
-        dropped again), so it never starts beyond the node's head when no block was mined since.
+        The logs of the last REORG_WINDOW blocks are read again in every update: a reorganisation
+        replaces recent blocks, and the logs of the new ones must be seen too.
         """
-        query_from = max(self.config_entry.data[CONF_START_BLOCK], self._next_block - 1)
+        start_block = self.config_entry.data[CONF_START_BLOCK]
+        query_from = max(start_block, self._head - REORG_WINDOW)
         try:
             return await self.client.read_market(sorted(self._offers), sorted(self._connections), query_from)
+        except ContractLogicError:
+            # An offer or connection read by id is gone (a reorganisation undid it): read the ids afresh.
+            self._offers.clear()
+            self._connections.clear()
+            return await self.client.read_market((), (), query_from)
         except Web3RPCError:
             head = await self.client.block_number()
             if head >= query_from:
                 raise
-            # The node went back (restarted from a state snapshot, or a reorganisation): read on from its head.
-            self._next_block = head + 1
-            return await self.client.read_market(sorted(self._offers), sorted(self._connections), head)
+            # The chain went back by more than the window (a node restarted from an older state).
+            return await self.client.read_market(
+                sorted(self._offers), sorted(self._connections), max(start_block, head - REORG_WINDOW)
+            )
+
+    def _new_events(self, read: MarketRead) -> tuple[MarketEvent, ...]:
+        """The logs not handled before; remember them while they are inside the window."""
+        new = tuple(event for event in read.events if event.key not in self._handled)
+        self._handled.update((event.key, event.block) for event in new)
+        self._head = read.block
+        oldest = read.block - REORG_WINDOW
+        self._handled = {key: block for key, block in self._handled.items() if block >= oldest}
+        return new
 
     def _read_history(self, events: tuple[MarketEvent, ...]) -> None:
         for event in events:

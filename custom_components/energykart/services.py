@@ -21,9 +21,10 @@ from .client import (
     InsufficientFundsError,
     Status,
     TransactionRejectedError,
+    TransactionUnconfirmedError,
     WatchOnlyError,
 )
-from .const import CONF_METER_ADDRESS, DOMAIN, MAX_BIDDING_MINUTES, WEI_PER_ETH
+from .const import CONF_METER_ADDRESS, DOMAIN, MAX_BIDDING_MINUTES, WEI_PER_ETH, ZERO_ADDRESS
 from .coordinator import EnergyKartConfigEntry, EnergyKartCoordinator, wei_to_eth
 
 ATTR_CONFIG_ENTRY_ID: Final = "config_entry_id"
@@ -117,10 +118,20 @@ async def _send[T](coordinator: EnergyKartCoordinator, transaction: Awaitable[T]
             translation_key="transaction_rejected",
             translation_placeholders={"reason": err.reason},
         ) from err
+    except TransactionUnconfirmedError as err:
+        raise HomeAssistantError(
+            translation_domain=DOMAIN,
+            translation_key="transaction_unconfirmed",
+            translation_placeholders={"tx_hash": err.tx_hash},
+        ) from err
     except EnergyKartConnectionError as err:
-        raise HomeAssistantError(translation_domain=DOMAIN, translation_key="node_unreachable") from err
+        raise _unreachable() from err
     await coordinator.async_refresh()
     return result
+
+
+def _unreachable() -> HomeAssistantError:
+    return HomeAssistantError(translation_domain=DOMAIN, translation_key="node_unreachable")
 
 
 async def async_sell(coordinator: EnergyKartCoordinator, energy_kwh: float, start_price: float, minutes: int) -> int:
@@ -138,33 +149,51 @@ async def async_sell(coordinator: EnergyKartCoordinator, energy_kwh: float, star
 
 
 async def async_bid(coordinator: EnergyKartCoordinator, offer_id: int, price_eth: float) -> str:
-    """Bid on an offer; return the transaction hash."""
+    """Bid on an offer; return the transaction hash.
+
+    The same bid again after an unconfirmed one follows that transaction up: its checks passed
+    before it was sent, and the offer now shows the bid itself.
+    """
     _trading(coordinator)
     meter = coordinator.config_entry.options.get(CONF_METER_ADDRESS)
     if not meter:
         raise _invalid("meter_required")
+    price = _to_wei(price_eth)
+    if coordinator.client.sent_unconfirmed("bid", offer_id, price, meter):
+        escrow = 0  # the transaction sent before carries its escrow
+    else:
+        escrow = await _checked_bid(coordinator, offer_id, price, meter)
+    return await _send(coordinator, coordinator.client.bid(offer_id, price, meter, escrow))
+
+
+async def _checked_bid(coordinator: EnergyKartCoordinator, offer_id: int, price: int, meter: str) -> int:
+    """Check a new bid against the offer and the meter's registration; return the escrow it needs."""
     try:
         offer = await coordinator.client.get_offer(offer_id)
+        meter_owner = await coordinator.client.meter_owner(meter)
     except EnergyKartConnectionError as err:
-        raise HomeAssistantError(translation_domain=DOMAIN, translation_key="node_unreachable") from err
+        raise _unreachable() from err
     if offer is None:
         raise _invalid("unknown_offer")
     if offer.status != Status.BIDDING:
         raise _invalid("offer_not_open")
     if offer.seller == coordinator.account:
         raise _invalid("own_offer")
-    price = _to_wei(price_eth)
+    if meter_owner == ZERO_ADDRESS:  # never registered, or revoked by the registrar
+        raise _invalid("meter_not_registered", meter=meter)
+    if meter_owner != coordinator.account:
+        raise _invalid("meter_not_owned")
     if price < offer.min_next_bid:
         raise _invalid("price_too_low", minimum=f"{wei_to_eth(offer.min_next_bid):.9f}")
-    escrow = (price * offer.energy_wh + 999) // 1000  # the contract's escrowFor, rounded up
-    return await _send(coordinator, coordinator.client.bid(offer_id, price, meter, escrow))
+    return (price * offer.energy_wh + 999) // 1000  # the contract's escrowFor, rounded up
 
 
 async def async_close_connection(coordinator: EnergyKartCoordinator, connection_id: int) -> str:
     """Close a connection this account buys on; return the transaction hash."""
     _trading(coordinator)
     connection = coordinator.data.connections.get(connection_id)
-    if connection is None or connection.buyer != coordinator.account:
+    resuming = coordinator.client.sent_unconfirmed("closeConnection", connection_id)
+    if not resuming and (connection is None or connection.buyer != coordinator.account):
         raise _invalid("not_buyer")
     return await _send(coordinator, coordinator.client.close_connection(connection_id))
 

@@ -29,11 +29,13 @@ async def async_setup_entry(
 
     @callback
     def add_connections() -> None:
-        new = {
+        live = {
             connection_id
             for connection_id, connection in coordinator.data.connections.items()
             if connection.buyer == coordinator.account
-        } - known
+        }
+        known.intersection_update(live)  # an ended connection's entities went with its device
+        new = live - known
         known.update(new)
         async_add_entities(ConnectionSwitch(coordinator, connection_id) for connection_id in sorted(new))
 

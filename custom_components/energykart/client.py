@@ -103,6 +103,18 @@ class TransactionUnconfirmedError(EnergyKartError):
         self.tx_hash = tx_hash
 
 
+class TransactionLostError(EnergyKartError):
+    """An unconfirmed transaction is unknown to the node, and its nonce is used.
+
+    It may have been mined on a node that forgot it, or another transaction took its nonce: it
+    is not sent again, and the client forgets it.
+    """
+
+    def __init__(self, tx_hash: str) -> None:
+        super().__init__(tx_hash)
+        self.tx_hash = tx_hash
+
+
 class TransactionRejectedError(EnergyKartError):
     """The contract rejects the transaction; `reason` is its custom error's name."""
 
@@ -472,7 +484,7 @@ class EnergyKartClient:
         try:
             if signed is not None and not await self._rebroadcast(signed):
                 del self._unconfirmed[call]
-                signed = None
+                raise TransactionLostError(signed.tx_hash)
             if signed is None:
                 signed = await self._sign(self._signer, function, value)
                 self._unconfirmed[call] = signed
@@ -493,10 +505,10 @@ class EnergyKartClient:
         return receipt
 
     async def _rebroadcast(self, signed: SignedTransaction) -> bool:
-        """Make sure the node has a transaction sent before; False when it can never be mined.
+        """Make sure the node has a transaction sent before; False when the node refuses it again.
 
         A node that restarted, or a reorganisation, may have lost it: it is broadcast again, and
-        refused only when its nonce went to another transaction meanwhile.
+        refused when its nonce is used (by it on a node that forgot it, or by another one).
         """
         try:
             await self.w3.eth.get_transaction(signed.tx_hash)

@@ -20,6 +20,7 @@ from .client import (
     EnergyKartConnectionError,
     InsufficientFundsError,
     Status,
+    TransactionLostError,
     TransactionRejectedError,
     TransactionUnconfirmedError,
     WatchOnlyError,
@@ -122,6 +123,12 @@ async def _send[T](coordinator: EnergyKartCoordinator, transaction: Awaitable[T]
         raise HomeAssistantError(
             translation_domain=DOMAIN,
             translation_key="transaction_unconfirmed",
+            translation_placeholders={"tx_hash": err.tx_hash},
+        ) from err
+    except TransactionLostError as err:
+        raise HomeAssistantError(
+            translation_domain=DOMAIN,
+            translation_key="transaction_lost",
             translation_placeholders={"tx_hash": err.tx_hash},
         ) from err
     except EnergyKartConnectionError as err:

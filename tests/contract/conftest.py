@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from devchain.anvil import Anvil
@@ -28,3 +29,21 @@ def chain(w3: Web3) -> Chain:
         accounts=accounts,
         domain=Domain(chain_id=w3.eth.chain_id, contract=market.address),
     )
+
+
+@pytest.fixture
+def seller(chain: Chain) -> str:
+    return chain.accounts[1]
+
+
+@pytest.fixture
+def buyer(chain: Chain) -> str:
+    return chain.accounts[2]
+
+
+@pytest.fixture
+def meter(chain: Chain, buyer: str) -> LocalAccount:
+    """The buyer's meter, which has reported 1000 Wh (bids need a meter that has reported)."""
+    meter = chain.new_meter(buyer)
+    chain.settle(chain.sign(meter, 1000, chain.now()))
+    return meter

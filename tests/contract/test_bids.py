@@ -16,16 +16,6 @@ ENERGY = 5000
 
 
 @pytest.fixture
-def seller(chain: Chain) -> str:
-    return chain.accounts[1]
-
-
-@pytest.fixture
-def buyer(chain: Chain) -> str:
-    return chain.accounts[2]
-
-
-@pytest.fixture
 def rival(chain: Chain) -> str:
     return chain.accounts[3]
 

@@ -43,23 +43,6 @@ def accepted(chain: Chain, receipt: object) -> list[int]:
 
 
 @pytest.fixture
-def seller(chain: Chain) -> str:
-    return chain.accounts[1]
-
-
-@pytest.fixture
-def buyer(chain: Chain) -> str:
-    return chain.accounts[2]
-
-
-@pytest.fixture
-def meter(chain: Chain, buyer: str) -> LocalAccount:
-    meter = chain.new_meter(buyer)
-    chain.settle(chain.sign(meter, BASELINE, chain.now()))
-    return meter
-
-
-@pytest.fixture
 def connection(chain: Chain, seller: str, buyer: str, meter: LocalAccount) -> int:
     """An Active connection of CAP Wh at PRICE, from BASELINE Wh on the buyer's meter."""
     return chain.award(seller, buyer, meter.address, CAP, PRICE)

@@ -15,24 +15,6 @@ MAX_BIDDING = 30 * DAY
 PRICE = 10**12  # wei per kWh
 
 
-@pytest.fixture
-def seller(chain: Chain) -> str:
-    return chain.accounts[1]
-
-
-@pytest.fixture
-def buyer(chain: Chain) -> str:
-    return chain.accounts[2]
-
-
-@pytest.fixture
-def meter(chain: Chain, buyer: str) -> LocalAccount:
-    """The buyer's meter, which has reported 1000 Wh."""
-    meter = chain.new_meter(buyer)
-    chain.settle(chain.sign(meter, 1000, chain.now()))
-    return meter
-
-
 def test_create_offer(chain: Chain, seller: str) -> None:
     m = chain.market.functions
     t = chain.now() + 5

@@ -78,23 +78,6 @@ def reenterer(chain: Chain, reenterer_artifact: dict[str, Any]) -> Contract:
     return chain.w3.eth.contract(address=address, abi=reenterer_artifact["abi"])
 
 
-@pytest.fixture
-def seller(chain: Chain) -> str:
-    return chain.accounts[1]
-
-
-@pytest.fixture
-def buyer(chain: Chain) -> str:
-    return chain.accounts[2]
-
-
-@pytest.fixture
-def meter(chain: Chain, buyer: str) -> LocalAccount:
-    meter = chain.new_meter(buyer)
-    chain.settle(chain.sign(meter, BASELINE, chain.now()))
-    return meter
-
-
 def reported_meter(chain: Chain, owner: str) -> LocalAccount:
     meter = chain.new_meter(owner)
     chain.settle(chain.sign(meter, BASELINE, chain.now()))

@@ -178,7 +178,7 @@ scalars = st.one_of(
     st.booleans(),
     huge_ints,
     st.floats(allow_nan=True, allow_infinity=True),
-    st.text(),  # any unicode, lone surrogates included (sent as \\udXXX escapes)
+    st.text(),  # any unicode, lone surrogates included (sent as \\ud800-style JSON escapes)
     st.text(st.sampled_from("0123456789abcdefABCDEFx"), max_size=140).map(lambda s: "0x" + s),
 )
 json_values = st.recursive(

@@ -30,7 +30,8 @@ contract EnergyMarket {
         BadSignature, // malformed signature, or not signed by the meter it names
         UnknownMeter, // never registered, or revoked
         NotNewer, // timestamp not after the last accepted one, or cumulative decreased (replay)
-        OutOfRange // cumulativeWh above MAX_READING_WH
+        OutOfRange, // cumulativeWh above MAX_READING_WH
+        Malformed // bits the signature does not cover (88..95 of the packed word) are set
     }
 
     /// @notice A meter reading as the meter signed it (EIP-712 type `Reading`), packed into three
@@ -46,8 +47,8 @@ contract EnergyMarket {
     struct Record {
         // slot 0, written by createOffer
         address seller;
-        uint32 energyWh; // the offer's energy, and the connection's cap
-        uint32 biddingEnds;
+        uint24 energyWh; // the offer's energy, and the connection's cap
+        uint40 biddingEnds;
         uint32 openPrev; // open-offers list
         // slot 1, written by createOffer
         uint72 price; // highest bid (wei per kWh), or 0 while there is none
@@ -87,6 +88,7 @@ contract EnergyMarket {
         address owner;
         uint32 id;
         uint32 tail; // newest connection in the meter's queue
+        uint16 queued; // connections in the meter's queue (at most MAX_METER_CONNECTIONS)
     }
 
     /// @dev credit: withdrawable wei; bidEscrow: wei escrowed by the account's highest bids;
@@ -137,6 +139,17 @@ contract EnergyMarket {
         bool delivering; // the meter is filling this connection now
     }
 
+    /// @notice One page of an account's open offers and connections, with its money. `credit` and
+    /// `bidEscrow` are the account's own; `unclaimedWei` and `escrowWei` sum over this page's ids.
+    struct AccountPage {
+        uint256 credit; // withdrawable now by `withdraw`
+        uint256 bidEscrow; // escrowed by the account's highest bids
+        uint256[] ids; // open offers and connections (as seller or buyer), newest first
+        uint256 unclaimedWei; // payment for energy delivered on the page's connections as seller, not yet credited
+        uint256 escrowWei; // what is left of the escrow of the page's connections as buyer
+        uint256 nextCursor; // pass it as `cursor` for the next page; 0 when this is the last
+    }
+
     struct MeterView {
         address owner;
         uint256 id;
@@ -166,6 +179,14 @@ contract EnergyMarket {
     uint256 public constant MAX_READING_WH = type(uint48).max - type(uint32).max;
     /// @notice How far ahead of the block a reading's timestamp may be (meter clocks drift).
     uint256 public constant MAX_CLOCK_SKEW = 5 minutes;
+    /// @notice The most connections one meter may have open at once. A reading ends at most this
+    /// many, so the work it costs `settle` is bounded whatever its buyer does.
+    uint256 public constant MAX_METER_CONNECTIONS = 8;
+    /// @notice The largest offer, in Wh (16.7 MWh, far above a household's daily surplus).
+    uint256 public constant MAX_OFFER_WH = type(uint24).max;
+    /// @notice Timesteps after its award during which a connection that has delivered nothing can
+    /// be closed only by its buyer; after them its seller may close it too.
+    uint256 public constant IDLE_TIMESTEPS = 96;
 
     /// @notice Settlement period in seconds; also the grace window after a close.
     uint256 public immutable timestep;
@@ -208,6 +229,17 @@ contract EnergyMarket {
     event Outbid(uint256 indexed id, address indexed bidder, uint256 refundWei);
     /// @notice Bidding ended without a bid.
     event OfferExpired(uint256 indexed id);
+    /// @notice Why `finalize` refused to award an offer to its highest bidder.
+    enum AwardRefusal {
+        MeterNotOwned, // the bid's meter was revoked or registered to another owner meanwhile
+        MeterQueueFull // the bid's meter has MAX_METER_CONNECTIONS connections open
+    }
+
+    /// @notice The highest bid could not be awarded; its escrow became the bidder's credit and
+    /// the offer expired (an `OfferExpired` event follows).
+    event AwardRefused(
+        uint256 indexed id, address indexed bidder, address meter, uint256 refundWei, AwardRefusal reason
+    );
     /// @notice An offer was awarded: a connection opened between seller and buyer.
     event ConnectionOpened(
         uint256 indexed id,
@@ -252,6 +284,8 @@ contract EnergyMarket {
     error NotMeterOwner(address meter, address owner);
     error MeterNeverReported(address meter);
     error MeterHasConnections(address meter);
+    error MeterQueueFull(address meter, uint256 maxConnections);
+    error ConnectionNotIdle(uint256 id, uint256 idleAt);
     error SelfTrade();
     error NotSeller(uint256 id);
     error NotBuyer(uint256 id);
@@ -366,20 +400,20 @@ contract EnergyMarket {
         external
         returns (uint256 id)
     {
-        if (energyWh == 0 || energyWh > type(uint32).max) revert InvalidEnergy(energyWh);
+        if (energyWh == 0 || energyWh > MAX_OFFER_WH) revert InvalidEnergy(energyWh);
         if (startPricePerKWh == 0 || startPricePerKWh > type(uint72).max) revert InvalidPrice(startPricePerKWh);
         if (biddingSeconds == 0 || biddingSeconds > MAX_BIDDING_SECONDS) {
             revert InvalidBiddingTime(biddingSeconds, MAX_BIDDING_SECONDS);
         }
         Counters memory c = _counters;
         uint32 newId = ++c.lastId;
-        uint32 ends = uint32(block.timestamp + biddingSeconds);
+        uint40 ends = uint40(block.timestamp + biddingSeconds);
         Account storage acct = _accounts[msg.sender];
         uint32 sellerNext = acct.head;
 
         Record storage rec = _records[newId];
         rec.seller = msg.sender;
-        rec.energyWh = uint32(energyWh);
+        rec.energyWh = uint24(energyWh);
         rec.biddingEnds = ends;
         rec.openPrev = c.openTail;
         rec.startPrice = uint72(startPricePerKWh);
@@ -412,8 +446,10 @@ contract EnergyMarket {
     }
 
     /// @notice Bid `pricePerKWh` wei per kWh on offer `id`, for delivery to `meter` (owned by the
-    /// bidder, and which has reported at least one reading). Send exactly `escrowFor(id, pricePerKWh)` wei. The previous highest bidder's escrow
-    /// becomes their withdrawable credit.
+    /// bidder, reported at least one reading, fewer than MAX_METER_CONNECTIONS connections open).
+    /// Send exactly `escrowFor(id, pricePerKWh)` wei. The previous highest bidder's escrow becomes
+    /// their withdrawable credit. The meter must still be the bidder's, with room in its queue, at
+    /// the award; otherwise the escrow returns to the bidder's credit and the offer expires.
     function bid(uint256 id, uint256 pricePerKWh, address meter) external payable {
         Record storage rec = _existing(id);
         if (rec.status != Status.Bidding) revert WrongStatus(id, rec.status);
@@ -429,6 +465,7 @@ contract EnergyMarket {
         // The award takes the meter's last reading as the connection's baseline; without one, the
         // meter's whole history would be billed to the connection.
         if (_meterState[meter].lastTs == 0) revert MeterNeverReported(meter);
+        if (info.queued >= MAX_METER_CONNECTIONS) revert MeterQueueFull(meter, MAX_METER_CONNECTIONS);
 
         address previous = rec.buyer;
         if (previous != address(0)) {
@@ -448,7 +485,10 @@ contract EnergyMarket {
     }
 
     /// @notice After bidding ends, award offer `id` to its highest bidder (opening a connection),
-    /// or expire it when nobody bid. Anyone can call it; the oracle's keeper does.
+    /// or expire it when nobody bid. When the bid's meter is no longer the bidder's (revoked or
+    /// registered to another owner) or already has MAX_METER_CONNECTIONS connections, no connection
+    /// opens: the escrow becomes the bidder's credit (`AwardRefused`) and the offer expires, so the
+    /// seller can offer the energy again. Anyone can call it; the oracle's keeper does.
     function finalize(uint256 id) external {
         Record storage rec = _existing(id);
         if (rec.status != Status.Bidding) revert WrongStatus(id, rec.status);
@@ -462,18 +502,34 @@ contract EnergyMarket {
             emit OfferExpired(id);
             return;
         }
+        address meter = _meterKey[rec.meterId];
+        MeterInfo storage info = _meterInfo[meter];
+        Account storage acct = _accounts[buyer];
+        uint256 escrow = _escrow(rec.price, rec.energyWh);
+        acct.bidEscrow -= uint96(escrow);
+        if (info.owner != buyer || info.queued >= MAX_METER_CONNECTIONS) {
+            // Never bill one owner's consumption to another's escrow, nor queue past the bound.
+            acct.credit += uint120(escrow);
+            rec.status = Status.Expired;
+            _unlink(id32, rec.seller);
+            emit AwardRefused(
+                id,
+                buyer,
+                meter,
+                escrow,
+                info.owner != buyer ? AwardRefusal.MeterNotOwned : AwardRefusal.MeterQueueFull
+            );
+            emit OfferExpired(id);
+            return;
+        }
         rec.status = Status.Active;
 
-        Account storage acct = _accounts[buyer];
-        acct.bidEscrow -= uint96(_escrow(rec.price, rec.energyWh));
         uint32 buyerNext = acct.head;
         rec.buyerNext = buyerNext;
         if (buyerNext != 0) _setPrev(buyerNext, buyer, id32);
         acct.head = id32;
 
-        address meter = _meterKey[rec.meterId];
         MeterState storage st = _meterState[meter];
-        MeterInfo storage info = _meterInfo[meter];
         uint48 baseline = st.lastWh;
         uint32 tail = info.tail;
         if (tail == 0) {
@@ -489,6 +545,7 @@ contract EnergyMarket {
             rec.awardedAt = uint40(block.timestamp);
         }
         info.tail = id32;
+        ++info.queued;
         emit ConnectionOpened(id, rec.seller, buyer, meter, rec.price, rec.energyWh, baseline);
     }
 
@@ -525,15 +582,24 @@ contract EnergyMarket {
 
     /// @notice The buyer stops drawing power. Readings timestamped up to now still settle during
     /// the grace window (one timestep); then `release` returns the rest of the escrow.
+    /// The seller may close a connection too once IDLE_TIMESTEPS have passed since its award with
+    /// nothing delivered, so a buyer who never draws cannot hold the seller's offer open forever.
     function closeConnection(uint256 id) external {
         Record storage rec = _existing(id);
-        if (rec.buyer != msg.sender || rec.status < Status.Active) revert NotBuyer(id);
+        if (rec.status < Status.Active || (rec.buyer != msg.sender && rec.seller != msg.sender)) revert NotBuyer(id);
         if (rec.status != Status.Active) revert WrongStatus(id, rec.status);
+        MeterState storage st = _meterState[_meterKey[rec.meterId]];
+        bool isHead = st.head == uint32(id);
+        if (rec.buyer != msg.sender) {
+            uint256 idleAt = uint256(isHead ? st.headAwardedAt : rec.awardedAt) + IDLE_TIMESTEPS * timestep;
+            if (block.timestamp <= idleAt || (isHead && st.lastWh > st.headEndWh - rec.energyWh)) {
+                revert ConnectionNotIdle(id, idleAt);
+            }
+        }
         rec.status = Status.Closed;
         rec.closedAt = uint40(block.timestamp);
-        MeterState storage st = _meterState[_meterKey[rec.meterId]];
-        if (st.head == uint32(id)) st.headClosedAt = uint40(block.timestamp);
-        emit ConnectionClosed(id, msg.sender, block.timestamp);
+        if (isHead) st.headClosedAt = uint40(block.timestamp);
+        emit ConnectionClosed(id, rec.buyer, block.timestamp);
     }
 
     /// @notice After the grace window of a closed connection, pay the seller for the energy
@@ -557,33 +623,28 @@ contract EnergyMarket {
     }
 
     /// @notice Move the payment for energy delivered so far on connection `id` into the seller's
-    /// credit. Anyone can call it; `withdraw` does it for the caller's own connections.
+    /// credit. Anyone can call it; a connection that ends credits its seller by itself.
     function claim(uint256 id) external {
         Record storage rec = _existing(id);
         if (rec.status != Status.Active && rec.status != Status.Closed) revert WrongStatus(id, rec.status);
         _claim(uint32(id), rec);
     }
 
-    /// @notice Pay out the caller's credit, including payment for energy already delivered on the
-    /// caller's open connections as seller.
+    /// @notice Pay out the caller's credit. Costs the same however many offers and connections the
+    /// caller has: payment for energy delivered on connections still open is credited by `claim`,
+    /// or in the same transaction by `claimAndWithdraw`.
     function withdraw() external nonReentrant {
-        uint32 cursor = _accounts[msg.sender].head;
-        while (cursor != 0) {
-            Record storage rec = _records[cursor];
-            if (rec.seller == msg.sender) {
-                if (rec.status == Status.Active || rec.status == Status.Closed) _claim(cursor, rec);
-                cursor = rec.sellerNext;
-            } else {
-                cursor = rec.buyerNext;
-            }
+        _withdraw();
+    }
+
+    /// @notice Claim the payment on connections `ids` (see `claim`; ids that are not open
+    /// connections are passed over), then pay out the caller's credit.
+    function claimAndWithdraw(uint256[] calldata ids) external nonReentrant {
+        for (uint256 i; i < ids.length; ++i) {
+            Record storage rec = _records[ids[i]];
+            if (rec.status == Status.Active || rec.status == Status.Closed) _claim(uint32(ids[i]), rec);
         }
-        Account storage acct = _accounts[msg.sender];
-        uint256 amount = acct.credit;
-        if (amount == 0) revert NothingToWithdraw();
-        acct.credit = 0;
-        emit Withdrawn(msg.sender, amount);
-        (bool ok,) = msg.sender.call{value: amount}("");
-        if (!ok) revert TransferFailed(msg.sender, amount);
+        _withdraw();
     }
 
     // ------------------------------------------------------------------ views
@@ -603,8 +664,9 @@ contract EnergyMarket {
         return _counters.lastId;
     }
 
-    /// @notice How many offers are open for bids.
-    function openOfferCount() external view returns (uint256) {
+    /// @notice How many offers are not finalized yet: open for bids, or with bidding over and
+    /// waiting for `finalize`. `openOffers` / `dueOffers` tell the two apart.
+    function unfinalizedOfferCount() external view returns (uint256) {
         return _counters.openCount;
     }
 
@@ -624,33 +686,27 @@ contract EnergyMarket {
         });
     }
 
-    /// @notice A page of open offers, oldest first, starting after `afterId` (0 = from the start).
-    /// @return page up to `limit` offers
+    /// @notice Offers open for bids now (bidding not over), oldest first. Looks at up to `limit`
+    /// unfinalized offers after `afterId` (0 = from the start), so a page may hold fewer than
+    /// `limit` offers, even none, while more follow: read on until `nextAfterId` is 0.
+    /// @return page the open offers among those looked at
     /// @return nextAfterId pass it as `afterId` for the next page; 0 when there is none
     function openOffers(uint256 afterId, uint256 limit)
         external
         view
         returns (OfferView[] memory page, uint256 nextAfterId)
     {
-        uint32 cursor;
-        if (afterId == 0) {
-            cursor = _counters.openHead;
-        } else {
-            Record storage from = _existing(afterId);
-            if (from.status != Status.Bidding) revert WrongStatus(afterId, from.status);
-            cursor = from.openNext;
-        }
-        uint256 count = _counters.openCount;
-        page = new OfferView[](limit < count ? limit : count);
-        uint256 n;
-        while (cursor != 0 && n < page.length) {
-            page[n++] = getOffer(cursor);
-            cursor = _records[cursor].openNext;
-        }
-        assembly {
-            mstore(page, n)
-        }
-        nextAfterId = cursor == 0 || n == 0 ? 0 : page[n - 1].id;
+        return _unfinalizedPage(afterId, limit, false);
+    }
+
+    /// @notice Offers whose bidding is over, waiting for `finalize`, oldest first; paged like
+    /// `openOffers`.
+    function dueOffers(uint256 afterId, uint256 limit)
+        external
+        view
+        returns (OfferView[] memory page, uint256 nextAfterId)
+    {
+        return _unfinalizedPage(afterId, limit, true);
     }
 
     /// @notice Connection `id` (an awarded offer) with its delivery and payment so far.
@@ -677,66 +733,52 @@ contract EnergyMarket {
         });
     }
 
-    /// @notice Wei the account can withdraw now (credit plus unclaimed payment for delivered energy).
-    function creditOf(address account) public view returns (uint256 credit) {
-        credit = _accounts[account].credit;
-        uint32 cursor = _accounts[account].head;
-        while (cursor != 0) {
-            Record storage rec = _records[cursor];
-            if (rec.seller == account) {
-                if (rec.status == Status.Active || rec.status == Status.Closed) {
-                    uint256 delivered = _deliveredNow(cursor, rec, _meterKey[rec.meterId]);
-                    credit += _pay(rec.price, delivered) - _pay(rec.price, rec.claimedWh);
-                }
-                cursor = rec.sellerNext;
-            } else {
-                cursor = rec.buyerNext;
-            }
-        }
+    /// @notice Wei the account can withdraw now with `withdraw` (payment for energy delivered on
+    /// connections still open comes on top once claimed: see `accountOf`).
+    function creditOf(address account) external view returns (uint256) {
+        return _accounts[account].credit;
     }
 
-    /// @notice Wei of the account's held in escrow: its highest bids and what is left of its
-    /// connections' escrow after paying for the energy delivered.
-    function escrowOf(address account) public view returns (uint256 escrow) {
-        escrow = _accounts[account].bidEscrow;
-        uint32 cursor = _accounts[account].head;
-        while (cursor != 0) {
-            Record storage rec = _records[cursor];
-            if (rec.seller == account) {
-                cursor = rec.sellerNext;
-            } else {
-                uint256 delivered = _deliveredNow(cursor, rec, _meterKey[rec.meterId]);
-                escrow += _escrow(rec.price, rec.energyWh) - _pay(rec.price, delivered);
-                cursor = rec.buyerNext;
-            }
-        }
-    }
-
-    /// @notice The account's open offers and connections (as seller or buyer), newest first.
-    function openIdsOf(address account) public view returns (uint256[] memory ids) {
-        uint256 n;
-        uint32 cursor = _accounts[account].head;
-        while (cursor != 0) {
-            ++n;
-            Record storage rec = _records[cursor];
-            cursor = rec.seller == account ? rec.sellerNext : rec.buyerNext;
-        }
-        ids = new uint256[](n);
-        cursor = _accounts[account].head;
-        for (uint256 i; i < n; ++i) {
-            ids[i] = cursor;
-            Record storage rec = _records[cursor];
-            cursor = rec.seller == account ? rec.sellerNext : rec.buyerNext;
-        }
-    }
-
-    /// @notice Credit, escrow and open ids of an account in one call.
-    function accountOf(address account)
+    /// @notice The account's credit and bid escrow, and a page of up to `limit` of its open offers
+    /// and connections (as seller or buyer), newest first, from `cursor` (0 = the newest) on,
+    /// with what those connections hold for it: unclaimed payment as seller, escrow left as buyer.
+    /// Read on with `nextCursor` until it is 0; read all pages at one block for a consistent sum.
+    function accountOf(address account, uint256 cursor, uint256 limit)
         external
         view
-        returns (uint256 credit, uint256 escrow, uint256[] memory openIds)
+        returns (AccountPage memory page)
     {
-        return (creditOf(account), escrowOf(account), openIdsOf(account));
+        Account storage acct = _accounts[account];
+        page.credit = acct.credit;
+        page.bidEscrow = acct.bidEscrow;
+        uint32 id = cursor == 0 ? acct.head : uint32(cursor);
+        if (id != cursor && cursor != 0) revert UnknownOffer(cursor);
+        if (id != 0) {
+            Record storage first = _existing(id);
+            if (first.seller != account && first.buyer != account) revert UnknownOffer(cursor);
+        }
+        page.ids = new uint256[](limit);
+        uint256 n;
+        while (id != 0 && n < limit) {
+            Record storage rec = _records[id];
+            page.ids[n++] = id;
+            if (rec.seller == account) {
+                if (rec.status == Status.Active || rec.status == Status.Closed) {
+                    uint256 delivered = _deliveredNow(id, rec, _meterKey[rec.meterId]);
+                    page.unclaimedWei += _pay(rec.price, delivered) - _pay(rec.price, rec.claimedWh);
+                }
+                id = rec.sellerNext;
+            } else {
+                uint256 delivered = _deliveredNow(id, rec, _meterKey[rec.meterId]);
+                page.escrowWei += _escrow(rec.price, rec.energyWh) - _pay(rec.price, delivered);
+                id = rec.buyerNext;
+            }
+        }
+        uint256[] memory ids = page.ids;
+        assembly {
+            mstore(ids, n)
+        }
+        page.nextCursor = id;
     }
 
     /// @notice A meter's registration and last accepted reading.
@@ -791,6 +833,8 @@ contract EnergyMarket {
         uint256 ts = reading & 0xffffffffff;
         if (ts > block.timestamp + MAX_CLOCK_SKEW) return SkipReason.FutureTimestamp;
         if (wh > MAX_READING_WH) return SkipReason.OutOfRange;
+        // The signature covers meter, cumulativeWh and timestamp only: one reading, one encoding.
+        if ((reading >> 88) & 0xff != 0) return SkipReason.Malformed;
         uint256 v = (uint256(vs) >> 255) + 27;
         bytes32 s = vs & bytes32(0x7fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff);
         if (uint256(s) > _HALF_CURVE_ORDER) return SkipReason.BadSignature;
@@ -870,8 +914,10 @@ contract EnergyMarket {
 
         uint32 next = rec.meterNext;
         st.head = next;
+        MeterInfo storage info = _meterInfo[meter];
+        --info.queued;
         if (next == 0) {
-            _meterInfo[meter].tail = 0;
+            info.tail = 0;
             st.headEndWh = 0;
             st.headClosedAt = 0;
             st.headAwardedAt = 0;
@@ -905,6 +951,16 @@ contract EnergyMarket {
         emit ConnectionEnded(id, deliveredWh, paid, refund, status == Status.Completed);
     }
 
+    function _withdraw() private {
+        Account storage acct = _accounts[msg.sender];
+        uint256 amount = acct.credit;
+        if (amount == 0) revert NothingToWithdraw();
+        acct.credit = 0;
+        emit Withdrawn(msg.sender, amount);
+        (bool ok,) = msg.sender.call{value: amount}("");
+        if (!ok) revert TransferFailed(msg.sender, amount);
+    }
+
     function _claim(uint32 id, Record storage rec) private {
         uint256 delivered = _deliveredNow(id, rec, _meterKey[rec.meterId]);
         uint256 amount = _pay(rec.price, delivered) - _pay(rec.price, rec.claimedWh);
@@ -933,10 +989,45 @@ contract EnergyMarket {
         uint32 prev = rec.meterPrev;
         uint32 next = rec.meterNext;
         _records[prev].meterNext = next;
-        if (next == 0) _meterInfo[meter].tail = prev;
+        MeterInfo storage info = _meterInfo[meter];
+        --info.queued;
+        if (next == 0) info.tail = prev;
         else _records[next].meterPrev = prev;
         rec.meterPrev = 0;
         rec.meterNext = 0;
+    }
+
+    /// @dev Looks at up to `limit` unfinalized offers after `afterId` and keeps those whose bidding
+    /// is over (`due`) or not.
+    function _unfinalizedPage(uint256 afterId, uint256 limit, bool due)
+        private
+        view
+        returns (OfferView[] memory page, uint256 nextAfterId)
+    {
+        uint32 cursor;
+        if (afterId == 0) {
+            cursor = _counters.openHead;
+        } else {
+            Record storage from = _existing(afterId);
+            if (from.status != Status.Bidding) revert WrongStatus(afterId, from.status);
+            cursor = from.openNext;
+        }
+        uint256 count = _counters.openCount;
+        page = new OfferView[](limit < count ? limit : count);
+        uint256 looked;
+        uint256 n;
+        uint32 last;
+        while (cursor != 0 && looked < page.length) {
+            ++looked;
+            Record storage rec = _records[cursor];
+            if ((block.timestamp >= rec.biddingEnds) == due) page[n++] = getOffer(cursor);
+            last = cursor;
+            cursor = rec.openNext;
+        }
+        assembly {
+            mstore(page, n)
+        }
+        nextAfterId = cursor == 0 ? 0 : last;
     }
 
     function _removeOpen(Record storage rec) private {

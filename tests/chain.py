@@ -21,7 +21,7 @@ from oracle.readings import Domain, SignedReading, sign_reading
 
 # Status and SkipReason enums of the contract, by name.
 STATUS = ["Bidding", "Cancelled", "Expired", "Active", "Closed", "Completed", "Released"]
-SKIP = ["None", "FutureTimestamp", "BadSignature", "UnknownMeter", "NotNewer", "OutOfRange"]
+SKIP = ["None", "FutureTimestamp", "BadSignature", "UnknownMeter", "NotNewer", "OutOfRange", "Malformed"]
 
 
 def _error_selectors() -> dict[str, str]:
@@ -153,16 +153,59 @@ class Chain:
         """meterOf as a dict keyed by the struct's field names."""
         return dict(zip(_METER_FIELDS, self.market.functions.meterOf(meter).call(), strict=True))
 
+    def account(self, account: str, page_size: int = 50) -> dict[str, Any]:
+        """accountOf read page by page at one block: credit, bidEscrow, and over all pages the
+        open ids, unclaimed payment and connection escrow."""
+        block = self.w3.eth.block_number
+        ids: list[int] = []
+        unclaimed = escrow = 0
+        cursor = 0
+        while True:
+            page = dict(
+                zip(
+                    _ACCOUNT_FIELDS,
+                    self.market.functions.accountOf(account, cursor, page_size).call(block_identifier=block),
+                    strict=True,
+                )
+            )
+            ids += page["ids"]
+            unclaimed += page["unclaimedWei"]
+            escrow += page["escrowWei"]
+            cursor = page["nextCursor"]
+            if cursor == 0:
+                return {"credit": page["credit"], "bidEscrow": page["bidEscrow"], "ids": ids, "unclaimed": unclaimed,
+                        "escrow": escrow}
+
     def credit(self, account: str) -> int:
+        """What the account can withdraw with claimAndWithdraw of its open connections: its credit
+        plus the unclaimed payment for energy delivered on them."""
+        view = self.account(account)
+        return int(view["credit"] + view["unclaimed"])
+
+    def stored_credit(self, account: str) -> int:
+        """What a plain withdraw() pays now."""
         return int(self.market.functions.creditOf(account).call())
 
     def escrow(self, account: str) -> int:
-        return int(self.market.functions.escrowOf(account).call())
+        """Wei of the account's in escrow: its highest bids plus what is left in its connections."""
+        view = self.account(account)
+        return int(view["bidEscrow"] + view["escrow"])
 
-    def assert_conserved(self, *others: str) -> None:
-        """The market holds exactly the escrows plus the credits of every account (the node's and `others`)."""
-        held = sum(self.escrow(a) + self.credit(a) for a in [*self.accounts, *others])
-        assert self.balance() == held
+    def open_ids(self, account: str) -> list[int]:
+        return [int(i) for i in self.account(account)["ids"]]
+
+    def withdraw_all(self, account: str) -> TxReceipt:
+        """claimAndWithdraw of every open connection of `account`: its whole credit."""
+        return self.tx(self.market.functions.claimAndWithdraw(self.open_ids(account)), account)
+
+    def held(self, *others: str) -> int:
+        """The escrows plus the credits of every account (the node's and `others`)."""
+        return sum(self.escrow(a) + self.credit(a) for a in [*self.accounts, *others])
+
+    def assert_conserved(self, *others: str, surplus: int = 0) -> None:
+        """The market holds exactly the escrows plus the credits of every account (the node's and
+        `others`), plus `surplus`: value forced in from outside, which belongs to nobody."""
+        assert self.balance() == self.held(*others) + surplus
 
 
 def _struct_fields(function: str) -> list[str]:
@@ -173,6 +216,7 @@ def _struct_fields(function: str) -> list[str]:
 _OFFER_FIELDS = _struct_fields("getOffer")
 _CONNECTION_FIELDS = _struct_fields("getConnection")
 _METER_FIELDS = _struct_fields("meterOf")
+_ACCOUNT_FIELDS = _struct_fields("accountOf")
 _ERROR_TYPES = {
     "0x" + keccak(text=f"{i['name']}({','.join(p['type'] for p in i['inputs'])})")[:4].hex(): [
         p["type"] for p in i["inputs"]

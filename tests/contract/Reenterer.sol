@@ -8,6 +8,7 @@ interface IEnergyMarket {
         returns (uint256 id);
     function bid(uint256 id, uint256 pricePerKWh, address meter) external payable;
     function withdraw() external;
+    function claimAndWithdraw(uint256[] calldata ids) external;
     function escrowFor(uint256 id, uint256 pricePerKWh) external view returns (uint256);
 }
 
@@ -63,6 +64,11 @@ contract Reenterer {
     /// @notice Withdraw this contract's credit; a revert of the market bubbles up unchanged.
     function withdraw() external {
         market.withdraw();
+    }
+
+    /// @notice Claim `ids` and withdraw this contract's credit; a revert bubbles up unchanged.
+    function claimAndWithdraw(uint256[] calldata ids) external {
+        market.claimAndWithdraw(ids);
     }
 
     receive() external payable {

@@ -66,7 +66,8 @@ def test_bid_escrows_and_leads(chain: Chain, offer_id: int, buyer: str, meter: L
     assert STATUS[offer["status"]] == "Bidding"
     assert chain.escrow(buyer) == escrow(START)
     assert chain.credit(buyer) == 0
-    assert m.accountOf(buyer).call() == [0, escrow(START), []]  # a bid is not an open connection yet
+    assert chain.account(buyer) == {"credit": 0, "bidEscrow": escrow(START), "ids": [], "unclaimed": 0, "escrow": 0}
+    # a bid is not an open connection yet
     assert chain.balance() == escrow(START)
     chain.assert_conserved()
 

@@ -49,15 +49,17 @@ def assert_released(chain: Chain, connection: int, seller: str, buyer: str, deli
     assert chain.credit(seller) == pay(PRICE, delivered)
     assert chain.credit(buyer) == escrow(PRICE, CAP) - pay(PRICE, delivered)
     assert chain.escrow(buyer) == 0
-    assert chain.market.functions.openIdsOf(buyer).call() == []
-    assert chain.market.functions.openIdsOf(seller).call() == []
+    assert chain.open_ids(buyer) == []
+    assert chain.open_ids(seller) == []
     chain.assert_conserved()
 
 
 def test_only_the_buyer_closes(chain: Chain, connection: int, seller: str, buyer: str) -> None:
     m = chain.market.functions
-    for other in (seller, chain.accounts[3], chain.registrar):
+    for other in (chain.accounts[3], chain.registrar):
         assert chain.reverts(m.closeConnection(connection), other) == ("NotBuyer", (connection,))
+    name, (_, idle_at) = chain.reverts(m.closeConnection(connection), seller)  # see test_seller_closes_*
+    assert (name, idle_at - chain.now()) > ("ConnectionNotIdle", 95 * 900)
     assert STATUS[chain.connection(connection)["status"]] == "Active"
     offer_id = chain.create_offer(seller, 100, PRICE)
     assert chain.reverts(m.closeConnection(offer_id), buyer) == ("NotBuyer", (offer_id,))
@@ -73,7 +75,7 @@ def test_only_the_buyer_closes(chain: Chain, connection: int, seller: str, buyer
         500,
         True,
     )
-    assert m.openIdsOf(buyer).call() == [connection]
+    assert chain.open_ids(buyer) == [connection]
     assert chain.reverts(m.closeConnection(connection), buyer) == (
         "WrongStatus",
         (connection, STATUS.index("Closed")),
@@ -212,15 +214,15 @@ def test_release_queued_closed_connections(
     assert STATUS[chain.connection(middle)["status"]] == "Released"
     assert chain.credit(buyer) == escrow(PRICE, 2000)
     assert chain.credit(s2) == 0
-    assert m.openIdsOf(buyer).call() == [tail, connection]
-    assert m.openIdsOf(s2).call() == []
+    assert chain.open_ids(buyer) == [tail, connection]
+    assert chain.open_ids(s2) == []
     chain.assert_conserved()
 
     # Close and release the tail too; a new connection then queues behind the head.
     closed_at = close_at(chain, tail, buyer)
     chain.tx_at(closed_at + GRACE + 1, m.release(tail), s3)
     newest = chain.award(s4, buyer, meter.address, 400, PRICE)
-    assert m.openIdsOf(buyer).call() == [newest, connection]
+    assert chain.open_ids(buyer) == [newest, connection]
 
     # The head's excess skips the released connections and reaches the newest one.
     t = chain.now() + 10

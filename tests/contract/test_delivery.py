@@ -246,8 +246,8 @@ def test_energy_beyond_cap_completes_connection(
     assert chain.credit(seller) == paid
     assert chain.credit(buyer) == refund
     assert chain.escrow(buyer) == 0
-    assert m.openIdsOf(seller).call() == []
-    assert m.openIdsOf(buyer).call() == []
+    assert chain.open_ids(seller) == []
+    assert chain.open_ids(buyer) == []
     assert chain.meter(meter.address)["fillingConnection"] == 0
     chain.assert_conserved()
     # Later energy goes nowhere; the ended connection can no longer be closed or claimed.
@@ -278,7 +278,7 @@ def test_excess_flows_to_queued_connections_oldest_first(chain: Chain, buyer: st
     c1 = chain.award(s1, buyer, meter.address, 1000, p1)
     c2 = chain.award(s2, buyer, meter.address, 2000, p2)
     c3 = chain.award(s3, buyer, meter.address, 500, p3)
-    assert m.openIdsOf(buyer).call() == [c3, c2, c1]
+    assert chain.open_ids(buyer) == [c3, c2, c1]
     queued = chain.connection(c2)
     assert (queued["delivering"], queued["deliveredWh"], queued["escrowWei"]) == (False, 0, escrow(p2, 2000))
     assert chain.escrow(buyer) == escrow(p1, 1000) + escrow(p2, 2000) + escrow(p3, 500)

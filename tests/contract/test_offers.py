@@ -35,8 +35,8 @@ def test_create_offer(chain: Chain, seller: str) -> None:
     }
     assert STATUS[chain.offer(1)["status"]] == "Bidding"
     assert m.lastOfferId().call() == 1
-    assert m.openOfferCount().call() == 1
-    assert m.openIdsOf(seller).call() == [1]
+    assert m.unfinalizedOfferCount().call() == 1
+    assert chain.open_ids(seller) == [1]
     assert m.minNextBid(1).call() == PRICE
     assert chain.balance() == 0
 
@@ -45,29 +45,29 @@ def test_create_offer(chain: Chain, seller: str) -> None:
     ("energy", "price", "seconds", "error"),
     [
         (0, PRICE, 600, ("InvalidEnergy", (0,))),
-        (2**32, PRICE, 600, ("InvalidEnergy", (2**32,))),
+        (2**24, PRICE, 600, ("InvalidEnergy", (2**24,))),
         (5000, 0, 600, ("InvalidPrice", (0,))),
         (5000, 2**72, 600, ("InvalidPrice", (2**72,))),
         (5000, PRICE, 0, ("InvalidBiddingTime", (0, MAX_BIDDING))),
         (5000, PRICE, MAX_BIDDING + 1, ("InvalidBiddingTime", (MAX_BIDDING + 1, MAX_BIDDING))),
     ],
-    ids=["zero-energy", "energy-over-uint32", "zero-price", "price-over-uint72", "no-bidding-time", "over-30-days"],
+    ids=["zero-energy", "energy-over-uint24", "zero-price", "price-over-uint72", "no-bidding-time", "over-30-days"],
 )
 def test_create_offer_validation(
     chain: Chain, seller: str, energy: int, price: int, seconds: int, error: tuple[str, Any]
 ) -> None:
     assert chain.reverts(chain.market.functions.createOffer(energy, price, seconds), seller) == error
     assert chain.market.functions.lastOfferId().call() == 0
-    assert chain.market.functions.openOfferCount().call() == 0
+    assert chain.market.functions.unfinalizedOfferCount().call() == 0
 
 
 def test_create_offer_limits_are_inclusive(chain: Chain, seller: str) -> None:
     m = chain.market.functions
     t = chain.now() + 5
-    receipt = chain.tx_at(t, m.createOffer(2**32 - 1, 2**72 - 1, MAX_BIDDING), seller)
+    receipt = chain.tx_at(t, m.createOffer(2**24 - 1, 2**72 - 1, MAX_BIDDING), seller)
     assert chain.events(receipt, "OfferCreated")[0]["biddingEnds"] == t + MAX_BIDDING
     chain.tx(m.createOffer(1, 1, 1), seller)
-    assert m.openOfferCount().call() == 2
+    assert m.unfinalizedOfferCount().call() == 2
     assert m.MAX_BIDDING_SECONDS().call() == MAX_BIDDING
 
 
@@ -78,8 +78,8 @@ def test_cancel_offer_by_seller(chain: Chain, seller: str) -> None:
     receipt = chain.tx(m.cancelOffer(first), seller)
     assert chain.events(receipt, "OfferCancelled") == [{"id": first}]
     assert STATUS[chain.offer(first)["status"]] == "Cancelled"
-    assert m.openOfferCount().call() == 1
-    assert m.openIdsOf(seller).call() == [second]
+    assert m.unfinalizedOfferCount().call() == 1
+    assert chain.open_ids(seller) == [second]
     page, _ = m.openOffers(0, 10).call()
     assert [o[0] for o in page] == [second]
     assert chain.reverts(m.cancelOffer(first), seller) == ("WrongStatus", (first, STATUS.index("Cancelled")))
@@ -137,8 +137,8 @@ def test_finalize_without_bids_expires(chain: Chain, seller: str) -> None:
     assert chain.events(receipt, "OfferExpired") == [{"id": offer_id}]
     assert chain.events(receipt, "ConnectionOpened") == []
     assert STATUS[chain.offer(offer_id)["status"]] == "Expired"
-    assert m.openOfferCount().call() == 0
-    assert m.openIdsOf(seller).call() == []
+    assert m.unfinalizedOfferCount().call() == 0
+    assert chain.open_ids(seller) == []
     assert chain.reverts(m.finalize(offer_id), seller) == ("WrongStatus", (offer_id, STATUS.index("Expired")))
     assert chain.reverts(m.getConnection(offer_id), seller) == ("WrongStatus", (offer_id, STATUS.index("Expired")))
     assert chain.reverts(m.finalize(42), seller) == ("UnknownOffer", (42,))
@@ -183,10 +183,10 @@ def test_finalize_with_bids_opens_connection(chain: Chain, seller: str, buyer: s
         "delivering": True,
     }
     assert chain.meter(meter.address)["fillingConnection"] == offer_id
-    assert m.openOfferCount().call() == 0
-    assert m.openIdsOf(seller).call() == [offer_id]
-    assert m.openIdsOf(buyer).call() == [offer_id]
-    assert m.openIdsOf(loser).call() == []
+    assert m.unfinalizedOfferCount().call() == 0
+    assert chain.open_ids(seller) == [offer_id]
+    assert chain.open_ids(buyer) == [offer_id]
+    assert chain.open_ids(loser) == []
     assert chain.escrow(buyer) == escrow
     assert chain.credit(loser) == chain.escrow_for(offer_id, PRICE)
     assert chain.credit(seller) == 0
@@ -245,7 +245,7 @@ def test_open_offers_paging(chain: Chain, seller: str) -> None:
     ids = [chain.create_offer(seller if i % 2 else other, 1000 + i, PRICE, 600 + i) for i in range(7)]
     assert ids == list(range(1, 8))
     assert m.lastOfferId().call() == 7
-    assert m.openOfferCount().call() == 7
+    assert m.unfinalizedOfferCount().call() == 7
 
     page, next_after = m.openOffers(0, 3).call()
     assert (_ids(page), next_after) == ([1, 2, 3], 3)
@@ -265,16 +265,16 @@ def test_open_offers_paging(chain: Chain, seller: str) -> None:
     chain.tx(m.cancelOffer(2), seller)
     chain.tx(m.cancelOffer(7), other)
     chain.tx(m.cancelOffer(1), other)
-    assert m.openOfferCount().call() == 4
+    assert m.unfinalizedOfferCount().call() == 4
     page, next_after = m.openOffers(0, 2).call()
     assert (_ids(page), next_after) == ([3, 4], 4)
     page, next_after = m.openOffers(next_after, 2).call()
     assert (_ids(page), next_after) == ([5, 6], 0)
     assert chain.reverts(m.openOffers(2, 2), seller) == ("WrongStatus", (2, STATUS.index("Cancelled")))
     assert chain.reverts(m.openOffers(70, 2), seller) == ("UnknownOffer", (70,))
-    assert m.openIdsOf(seller).call() == [6, 4]  # newest first
-    assert m.openIdsOf(other).call() == [5, 3]
+    assert chain.open_ids(seller) == [6, 4]  # newest first
+    assert chain.open_ids(other) == [5, 3]
     new_id = chain.create_offer(seller, 10, PRICE)
     assert new_id == 8
     assert _ids(m.openOffers(5, 10).call()[0]) == [6, 8]
-    assert m.openIdsOf(seller).call() == [8, 6, 4]
+    assert chain.open_ids(seller) == [8, 6, 4]

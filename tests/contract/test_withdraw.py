@@ -94,9 +94,10 @@ def eth(chain: Chain, account: str) -> int:
 
 
 def withdraw(chain: Chain, account: str) -> tuple[int, Any]:
-    """Withdraw as `account`: (wei it gained net of gas, receipt)."""
+    """claimAndWithdraw as `account`, claiming all its open connections: (wei it gained net of gas,
+    receipt)."""
     before = eth(chain, account)
-    receipt = chain.tx(chain.market.functions.withdraw(), account)
+    receipt = chain.withdraw_all(account)
     return eth(chain, account) - before + gas_cost(receipt), receipt
 
 
@@ -133,6 +134,37 @@ def test_nothing_to_withdraw(chain: Chain, seller: str, buyer: str, meter: Local
     chain.assert_conserved()
 
 
+def test_plain_withdraw_pays_stored_credit_only(chain: Chain, seller: str, buyer: str, meter: LocalAccount) -> None:
+    """withdraw() never walks the caller's connections: payment for energy delivered on an open
+    connection is not credit until it is claimed (by anyone, or by claimAndWithdraw)."""
+    m = chain.market.functions
+    connection = chain.award(seller, buyer, meter.address, 4999, PRICE)
+    deliver(chain, meter, BASELINE + 1234)
+    assert chain.stored_credit(seller) == 0
+    assert chain.reverts(m.withdraw(), seller) == ("NothingToWithdraw", ())
+    chain.tx(m.claim(connection), chain.accounts[9])
+    assert chain.stored_credit(seller) == pay(PRICE, 1234)
+    before = eth(chain, seller)
+    receipt = chain.tx(m.withdraw(), seller)
+    assert eth(chain, seller) - before + gas_cost(receipt) == pay(PRICE, 1234)
+    assert chain.events(receipt, "PaymentClaimed") == []
+    chain.assert_conserved()
+
+
+def test_claim_and_withdraw_passes_over_ids_that_are_not_open_connections(
+    chain: Chain, seller: str, buyer: str, meter: LocalAccount
+) -> None:
+    m = chain.market.functions
+    connection = chain.award(seller, buyer, meter.address, 4999, PRICE)
+    offer = chain.create_offer(seller, 100, PRICE)
+    deliver(chain, meter, BASELINE + 10)
+    receipt = chain.tx(m.claimAndWithdraw([offer, 12345, connection, connection]), seller)
+    assert [e["id"] for e in chain.events(receipt, "PaymentClaimed")] == [connection]
+    assert chain.events(receipt, "Withdrawn") == [{"account": seller, "amountWei": pay(PRICE, 10)}]
+    assert chain.reverts(m.claimAndWithdraw([connection]), seller) == ("NothingToWithdraw", ())
+    chain.assert_conserved()
+
+
 def test_seller_withdraw_claims_unclaimed_earnings(chain: Chain, seller: str, buyer: str, meter: LocalAccount) -> None:
     m = chain.market.functions
     connection = chain.award(seller, buyer, meter.address, 4999, PRICE)
@@ -149,7 +181,7 @@ def test_seller_withdraw_claims_unclaimed_earnings(chain: Chain, seller: str, bu
     assert chain.credit(seller) == 0
     assert chain.escrow(buyer) == escrow(PRICE, 4999) - pay(PRICE, 1234)
     chain.assert_conserved()
-    assert chain.reverts(m.withdraw(), seller) == ("NothingToWithdraw", ())
+    assert chain.reverts(m.claimAndWithdraw([connection]), seller) == ("NothingToWithdraw", ())
 
     # Only the new energy is paid the second time, with no rounding lost in between.
     deliver(chain, meter, BASELINE + 3001)
@@ -187,7 +219,7 @@ def test_withdraw_gathers_every_source_of_credit(chain: Chain, seller: str, buye
     gained, receipt = withdraw(chain, seller)
     assert gained == expected
     assert [e["id"] for e in chain.events(receipt, "PaymentClaimed")] == [open_one]
-    assert chain.market.functions.openIdsOf(seller).call() == [open_one]
+    assert chain.open_ids(seller) == [open_one]
     chain.assert_conserved()
 
 
@@ -223,20 +255,24 @@ def test_account_views(chain: Chain, seller: str, buyer: str, meter: LocalAccoun
     chain.place_bid(bidding, buyer, meter.address, PRICE)
     deliver(chain, meter, BASELINE + 100)
 
-    assert m.openIdsOf(buyer).call() == [connection, buyer_as_seller]  # newest first; bids are not listed
-    assert m.openIdsOf(seller).call() == [connection]
-    assert m.openIdsOf(chain.accounts[5]).call() == [bidding]
+    assert chain.open_ids(buyer) == [connection, buyer_as_seller]  # newest first; bids are not listed
+    assert chain.open_ids(seller) == [connection]
+    assert chain.open_ids(chain.accounts[5]) == [bidding]
     assert chain.escrow(buyer) == escrow(PRICE, 5000) - pay(PRICE, 100) + escrow(PRICE, 2000)
     assert chain.credit(buyer) == 0
     assert chain.credit(seller) == pay(PRICE, 100)
+    assert chain.stored_credit(seller) == 0
     assert chain.escrow(seller) == 0
-    for account in (buyer, seller, chain.accounts[5], chain.accounts[9]):
-        assert m.accountOf(account).call() == [
-            chain.credit(account),
-            chain.escrow(account),
-            m.openIdsOf(account).call(),
-        ]
-    assert m.accountOf(chain.accounts[9]).call() == [0, 0, []]
+    # One page at a time: the account's own numbers on every page, the sums over the page's ids.
+    first = m.accountOf(buyer, 0, 1).call()
+    assert first == (0, escrow(PRICE, 2000), [connection], 0, escrow(PRICE, 5000) - pay(PRICE, 100), buyer_as_seller)
+    assert m.accountOf(buyer, first[-1], 1).call() == (0, escrow(PRICE, 2000), [buyer_as_seller], 0, 0, 0)
+    assert m.accountOf(seller, 0, 10).call() == (0, 0, [connection], pay(PRICE, 100), 0, 0)
+    assert m.accountOf(seller, 0, 0).call() == (0, 0, [], 0, 0, connection)
+    assert m.accountOf(chain.accounts[9], 0, 10).call() == (0, 0, [], 0, 0, 0)
+    # A cursor must be one of the account's records.
+    assert chain.reverts(m.accountOf(seller, buyer_as_seller, 10), seller) == ("UnknownOffer", (buyer_as_seller,))
+    assert chain.reverts(m.accountOf(seller, 2**32 + connection, 10), seller) == ("UnknownOffer", (2**32 + connection,))
     chain.assert_conserved()
 
 
@@ -315,7 +351,7 @@ def test_reentrant_withdraw_as_seller_pays_once(
     assert chain.credit(reenterer.address) == earned
 
     chain.tx(reenterer.functions.arm(WITHDRAW, 0, 0, ZERO), attacker)
-    assert chain.reverts(reenterer.functions.withdraw(), attacker) == (
+    assert chain.reverts(reenterer.functions.claimAndWithdraw([offer_id]), attacker) == (
         "TransferFailed",
         (reenterer.address, earned),
     )
@@ -324,7 +360,7 @@ def test_reentrant_withdraw_as_seller_pays_once(
     chain.assert_conserved(reenterer.address)
 
     chain.tx(reenterer.functions.arm(WITHDRAW_SWALLOW, 0, 0, ZERO), attacker)
-    chain.tx(reenterer.functions.withdraw(), attacker)
+    chain.tx(reenterer.functions.claimAndWithdraw([offer_id]), attacker)
     assert eth(chain, reenterer.address) == earned
     assert reenterer.functions.payments().call() == 1
     assert chain.credit(reenterer.address) == 0

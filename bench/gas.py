@@ -15,6 +15,9 @@ repeats to the gas unit.
 - ``settle_gas_per_reading``: a batch of n readings from n meters, each filling an active
   connection, excluding the 21,000 gas every transaction pays; ``naive_gas_per_reading`` is the
   full cost of one transaction per reading, the design batching must beat.
+- ``settle_worst_reading``: the dearest single reading there is: it ends the most connections a
+  meter may hold (MAX_METER_CONNECTIONS), each from its own seller. Any batch of n readings costs
+  at most n times it, and ``worst_readings_per_30m_block`` is how many fit a 30M-gas block.
 
 python bench/gas.py [--offers 1000] [--batch-sizes 1,10,50,100,200] [--reference-batch 100]
 """
@@ -204,7 +207,7 @@ class Bench:
 
     # ------------------------------------------------------------ readings
 
-    def report(self, deliveries: Sequence[tuple[LocalAccount, int]]) -> TxReceipt:
+    def report(self, deliveries: Sequence[tuple[LocalAccount, int]], gas: int | None = None) -> TxReceipt:
         """Settle one reading per meter, each `wh` above the meter's last one, timestamped at the block
         that settles it (a reading taken in the award's own second would be the new baseline)."""
         domain = Domain(chain_id=self.w3.eth.chain_id, contract=self.market.address)
@@ -214,7 +217,7 @@ class Bench:
             cumulative = self.meter_wh.get(meter.address, 0) + wh
             readings.append(sign_reading(meter.key, domain, cumulative, timestamp).as_tuple())
             self.meter_wh[meter.address] = cumulative
-        gas = TX_BASE_GAS + SETTLE_GAS_PER_READING_LIMIT * len(readings) + 100_000
+        gas = gas or TX_BASE_GAS + SETTLE_GAS_PER_READING_LIMIT * len(readings) + 100_000
         receipt = self.send(self.market.functions.settle(readings), self.keeper, gas=gas)
         skipped = self.market.events.ReadingSkipped().process_receipt(receipt, errors=DISCARD)
         if skipped:
@@ -349,11 +352,37 @@ def populate(bench: Bench, offers: int, connections: int, align_with: int) -> tu
     summary = {
         "offers": bench.last_offer_id(),
         "sellers": total,
-        "open_offers": int(m.openOfferCount().call()),
+        "open_offers": int(m.unfinalizedOfferCount().call()),
         "open_offers_with_bids": with_bids,
         "active_connections": connections,
     }
     return summary, [Connection(offer_ids[k], meters[k]) for k in range(connections)]
+
+
+def worst_reading(bench: Bench) -> int:
+    """Gas (base cost excluded) of one reading that ends a full queue of 1-Wh connections."""
+    m = bench.market.functions
+    queue = int(m.MAX_METER_CONNECTIONS().call())
+    buyer = _address("worst/buyer")
+    meter = _key("worst/meter")
+    sellers = [_address(f"worst/seller/{i}") for i in range(queue)]
+    bench.rpc_batch([("anvil_setBalance", [a, hex(FUNDS_WEI)]) for a in [buyer, *sellers]])
+    bench.register([(meter.address, buyer)])
+    bench.report([(meter, FIRST_READING_WH)])
+    created = bench.send_many(
+        [(seller, bench.market.encode_abi("createOffer", [1, PRICE, BIDDING_SECONDS]), 0) for seller in sellers]
+    )
+    offer_ids = [int(r["logs"][0]["topics"][1], 16) for r in created]
+    bench.send_many(
+        [(buyer, bench.market.encode_abi("bid", [i, PRICE, meter.address]), _escrow(PRICE, 1)) for i in offer_ids]
+    )
+    bench.jump_to(bench.now() + BIDDING_SECONDS)
+    bench.send_many([(bench.keeper, bench.market.encode_abi("finalize", [i]), 0) for i in offer_ids])
+    receipt = bench.report([(meter, DELIVERY_WH)], gas=TX_GAS_LIMIT)
+    ended = bench.market.events.ConnectionEnded().process_receipt(receipt, errors=DISCARD)
+    if len(ended) != queue:
+        raise RuntimeError(f"the worst reading ended {len(ended)} connections, not {queue}")
+    return int(receipt["gasUsed"]) - TX_BASE_GAS
 
 
 def settle_costs(
@@ -409,6 +438,7 @@ def measure(
     ops_at, _ = trade(bench, trader)
 
     per_reading, naive = settle_costs(bench, connections, batch_sizes, naive_readings)
+    worst = worst_reading(bench)
     at_reference = per_reading[str(reference_batch)]
     create_bid_finalize = ops["createOffer+bid+finalize"]
     holding_total = ops_holding_credit["createOffer+bid+finalize"]
@@ -423,6 +453,8 @@ def measure(
         "settle_gas_per_reading": per_reading,
         "naive_gas_per_reading": naive,
         f"batch_saving_at_{reference_batch}": round(naive / at_reference, 2),
+        "settle_worst_reading": worst,
+        "worst_readings_per_30m_block": (30_000_000 - TX_BASE_GAS) // worst,
         "targets": {
             f"settle_per_reading_at_{reference_batch}_max": SETTLE_TARGET_MAX,
             f"settle_per_reading_at_{reference_batch}": at_reference,

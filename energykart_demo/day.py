@@ -45,7 +45,7 @@ class DemoError(RuntimeError):
 class ConservationCheck:
     step: int
     contract_wei: int
-    held_wei: int  # sum of escrowOf + creditOf over all homes
+    held_wei: int  # escrow plus credit (with unclaimed payment) over all homes
 
     @property
     def ok(self) -> bool:
@@ -259,14 +259,14 @@ class TradingDay:
     async def _withdraw_all(self) -> None:
         holdings = await self.market.holdings(self.devnet.homes)
         for home in self.devnet.homes:
-            escrow, credit = holdings[home]
+            escrow, credit, open_ids = holdings[home]
             if escrow:
                 raise DemoError(f"{home} still has {escrow} wei in escrow at the end of the day")
             if credit:
-                await self.market.withdraw(home)
+                await self.market.withdraw(home, open_ids)
         await self._sync()
 
     async def _conservation(self, step: int) -> ConservationCheck:
         holdings = await self.market.holdings(self.devnet.homes)
-        held = sum(escrow + credit for escrow, credit in holdings.values())
+        held = sum(escrow + credit for escrow, credit, _ in holdings.values())
         return ConservationCheck(step, await self.market.balance(self.devnet.market), held)

@@ -91,8 +91,14 @@ class Market:
     async def close(self, buyer: ChecksumAddress, connection_id: int) -> TxReceipt:
         return await self.send(buyer, self.contract.functions.closeConnection(connection_id))
 
-    async def withdraw(self, account: ChecksumAddress) -> TxReceipt:
-        return await self.send(account, self.contract.functions.withdraw())
+    async def withdraw(self, account: ChecksumAddress, connection_ids: Sequence[int] = ()) -> TxReceipt:
+        """Pay out the account's credit, claiming the payment on `connection_ids` first."""
+        function = (
+            self.contract.functions.claimAndWithdraw(list(connection_ids))
+            if connection_ids
+            else self.contract.functions.withdraw()
+        )
+        return await self.send(account, function)
 
     # ------------------------------------------------------------------ chain time
 
@@ -118,11 +124,27 @@ class Market:
         views = await self.client.meters(meters)
         return {meter: view.last_timestamp for meter, view in views.items()}
 
-    async def holdings(self, accounts: Sequence[ChecksumAddress]) -> dict[ChecksumAddress, tuple[int, int]]:
-        """(escrowOf, creditOf) of each account."""
-        calls = [self.contract.functions.accountOf(a).call() for a in accounts]
-        views = await asyncio.gather(*calls)
-        return {a: (int(v[1]), int(v[0])) for a, v in zip(accounts, views, strict=True)}
+    async def holdings(self, accounts: Sequence[ChecksumAddress]) -> dict[ChecksumAddress, tuple[int, int, list[int]]]:
+        """(escrow, credit with unclaimed payment, open ids) of each account, all read at one block."""
+        block = await self.head()
+        views = await asyncio.gather(*(self._account(a, block) for a in accounts))
+        return dict(zip(accounts, views, strict=True))
+
+    async def _account(self, account: ChecksumAddress, block: int) -> tuple[int, int, list[int]]:
+        """accountOf, page by page: (bid + connection escrow, credit + unclaimed payment, open ids)."""
+        escrow = unclaimed = 0
+        ids: list[int] = []
+        cursor = 0
+        while True:
+            function = self.contract.functions.accountOf(account, cursor, 100)
+            credit, bid_escrow, page_ids, page_unclaimed, page_escrow, cursor = await function.call(
+                block_identifier=block
+            )
+            ids += [int(i) for i in page_ids]
+            unclaimed += int(page_unclaimed)
+            escrow += int(page_escrow)
+            if cursor == 0:
+                return int(bid_escrow) + escrow, int(credit) + unclaimed, ids
 
     async def balance(self, account: str) -> int:
         return int(await self.w3.eth.get_balance(account))  # type: ignore[arg-type]

@@ -29,6 +29,7 @@ from web3.exceptions import (
     ProviderConnectionError,
     TransactionNotFound,
     Web3Exception,
+    Web3RPCError,
 )
 from web3.providers.async_base import AsyncJSONBaseProvider
 from web3.types import FilterParams, LogReceipt, Nonce, RPCEndpoint, RPCResponse, TxParams, TxReceipt
@@ -47,6 +48,7 @@ class SkipReason(IntEnum):
     UNKNOWN_METER = 3
     NOT_NEWER = 4
     OUT_OF_RANGE = 5
+    MALFORMED = 6
 
 
 class Status(IntEnum):
@@ -63,6 +65,11 @@ class Status(IntEnum):
 
 class ChainError(Exception):
     """The node could not be reached or answered with an error; retry later."""
+
+
+class NodeRefused(ChainError):
+    """The node answered, with an error about this request (out of gas, over the block gas limit,
+    a transaction it will not take): other requests may still succeed, unlike when it is down."""
 
 
 class ContractRejected(Exception):
@@ -172,7 +179,8 @@ def revert_name(err: ContractLogicError) -> str:
 
 
 class MarketClient:
-    """The contract calls and transactions the oracle needs. Every node failure raises ChainError."""
+    """The contract calls and transactions the oracle needs. Every node failure raises ChainError
+    (NodeRefused when the node answered with an error), a revert ContractRejected."""
 
     def __init__(self, session: aiohttp.ClientSession, rpc_url: str, contract: ChecksumAddress) -> None:
         self.w3 = AsyncWeb3(SessionProvider(rpc_url, session))
@@ -184,6 +192,8 @@ class MarketClient:
             return await awaitable
         except (ContractCustomError, ContractLogicError) as err:
             raise ContractRejected(revert_name(err)) from err
+        except Web3RPCError as err:
+            raise NodeRefused(str(err)) from err
         except (ProviderConnectionError, aiohttp.ClientError, TimeoutError, Web3Exception, OSError) as err:
             raise ChainError(str(err) or type(err).__name__) from err
 
@@ -228,8 +238,9 @@ class MarketClient:
                 out[meter] = MeterView(bool(registered), int(last_wh), int(last_ts))
         return out
 
-    async def open_offers(self, after_id: int, limit: int) -> tuple[list[OpenOffer], int]:
-        page, next_after = await self._call(self.contract.functions.openOffers(after_id, limit).call())
+    async def due_offers(self, after_id: int, limit: int) -> tuple[list[OpenOffer], int]:
+        """A page of offers whose bidding is over, waiting for finalize (`dueOffers`)."""
+        page, next_after = await self._call(self.contract.functions.dueOffers(after_id, limit).call())
         return [OpenOffer(int(o[0]), int(o[6])) for o in page], int(next_after)
 
     async def connection_status(self, connection_id: int) -> Status:

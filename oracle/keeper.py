@@ -1,6 +1,8 @@
 """The keeper: finalizes offers whose bidding ended and releases closed connections after their
 grace window, so no user has to. Each action is estimated first: another oracle instance may have
-done it already, and the estimate then fails with the contract's error instead of costing gas."""
+done it already, and the estimate then fails with the contract's error instead of costing gas.
+An action the node refuses (estimate or send) is counted as failed and tried again next tick; the
+others of the tick go ahead."""
 
 from __future__ import annotations
 
@@ -9,12 +11,12 @@ from dataclasses import dataclass, field
 
 from web3.contract.async_contract import AsyncContractFunction
 
-from oracle.chain import ContractRejected, MarketClient, Status
+from oracle.chain import ContractRejected, MarketClient, NodeRefused, Status
 from oracle.metrics import Metrics
 from oracle.transactions import GAS_MARGIN, TransactionSender
 
 _LOGGER = logging.getLogger(__name__)
-PAGE = 100  # offers per openOffers call
+PAGE = 100  # unfinalized offers looked at per dueOffers call
 RECEIPT_TIMEOUT = 60.0
 
 
@@ -41,12 +43,12 @@ class Keeper:
     async def tick(self, head_timestamp: int) -> KeeperReport:
         report = KeeperReport()
         for offer_id in await self._due_offers(head_timestamp):
-            if await self._act("finalize", self._client.finalize_call(offer_id)):
+            if await self._act("finalize", offer_id, self._client.finalize_call(offer_id)):
                 report.finalized.append(offer_id)
         for connection_id, closed_at in sorted(self.closed.items()):
             if head_timestamp <= closed_at + self._grace:
                 continue
-            outcome = await self._act("release", self._client.release_call(connection_id))
+            outcome = await self._act("release", connection_id, self._client.release_call(connection_id))
             if outcome:
                 report.released.append(connection_id)
             if outcome or await self._client.connection_status(connection_id) is not Status.CLOSED:
@@ -58,7 +60,7 @@ class Keeper:
         after = 0
         while True:
             try:
-                page, after = await self._client.open_offers(after, PAGE)
+                page, after = await self._client.due_offers(after, PAGE)
             except ContractRejected:
                 break  # the page's anchor was finalized meanwhile; the rest waits for the next tick
             due += [offer.id for offer in page if offer.bidding_ends <= head_timestamp]
@@ -66,18 +68,31 @@ class Keeper:
                 return due
         return due
 
-    async def _act(self, action: str, function: AsyncContractFunction) -> bool:
+    async def _act(self, action: str, item_id: int, function: AsyncContractFunction) -> bool:
+        """Estimate, sign, send and wait for one action on offer / connection `item_id`: whether it
+        was done. A node that cannot be reached (ChainError) fails the whole tick instead."""
         try:
             estimate = await self._client.estimate(function, self._sender.signer.address)
         except ContractRejected as rejected:
-            _LOGGER.debug("%s skipped: %s", action, rejected.name)
+            _LOGGER.debug("%s %d skipped: %s", action, item_id, rejected.name)
             self._metrics.keeper_actions.labels(action, "not_needed").inc()
             return False
+        except NodeRefused as err:
+            return self._failed(action, item_id, f"the node will not estimate it ({err})")
         _nonce, tx_hash, raw = await self._sender.sign(function, int(estimate * GAS_MARGIN))
-        await self._client.send_raw(raw)
+        try:
+            await self._client.send_raw(raw)
+        except NodeRefused as err:
+            self._sender.forget_nonces()  # the node did not take the nonce: the next transaction gets it
+            return self._failed(action, item_id, f"the node refused tx {tx_hash} ({err})")
         # Inclusion is enough: a keeper action lost to a reorg is simply done again next tick.
         receipt = await self._sender.wait(tx_hash, RECEIPT_TIMEOUT, confirmations=0)
         ok = receipt is not None and receipt["status"] == 1
         self._metrics.keeper_actions.labels(action, "done" if ok else "failed").inc()
-        _LOGGER.info("%s: tx %s %s", action, tx_hash, "done" if ok else "not confirmed")
+        _LOGGER.info("%s %d: tx %s %s", action, item_id, tx_hash, "done" if ok else "not confirmed")
         return ok
+
+    def _failed(self, action: str, item_id: int, why: str) -> bool:
+        _LOGGER.warning("%s %d failed, tried again next tick: %s", action, item_id, why)
+        self._metrics.keeper_actions.labels(action, "failed").inc()
+        return False

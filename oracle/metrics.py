@@ -25,6 +25,11 @@ class Metrics:
         self.readings_skipped = Counter(
             "energykart_oracle_readings_skipped", "Readings the contract skipped, by its reason", ["reason"], registry=r
         )
+        self.readings_deferred = Counter(
+            "energykart_oracle_readings_deferred",
+            "Readings left for the next round because the node would not estimate their settle",
+            registry=r,
+        )
         self.keeper_actions = Counter(
             "energykart_oracle_keeper_actions", "Keeper transactions, by action and outcome", ["action", "outcome"],
             registry=r,

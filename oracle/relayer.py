@@ -5,17 +5,22 @@ is broadcast, so after a crash the oracle finds it again: by its receipt when it
 rebroadcasting it when its nonce is still free, or by releasing its readings when the nonce went
 to another transaction. Before sending, the chain's own last reading of each meter (meterOf, one
 JSON-RPC batch) filters out readings another oracle instance has already settled.
+
+A batch the node will not estimate (over the block gas limit, out of gas) is split down to single
+readings, so a reading that cannot be settled waits for the next round alone, never holding back
+the other meters' readings.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from web3.types import TxReceipt
 
-from oracle.chain import MarketClient, SkipReason
+from oracle.chain import ContractRejected, MarketClient, NodeRefused, SkipReason
 from oracle.ingest import Ingest
 from oracle.metrics import Metrics
 from oracle.store import Batch, ReadingStore, StoredReading
@@ -24,6 +29,7 @@ from oracle.transactions import GAS_MARGIN, TransactionSender
 _LOGGER = logging.getLogger(__name__)
 GAS_PER_READING = 12_000  # measured ~11.6k per packed reading (bench/gas.py), with a margin
 GAS_PER_TX = 60_000  # intrinsic cost, calldata head, the ReadingsAccepted event
+WARN_EVERY = 3600.0  # seconds between warnings about one meter whose reading cannot be sent
 
 
 @dataclass
@@ -33,6 +39,7 @@ class RelayReport:
     settled: int = 0
     skipped: int = 0
     waiting: int = 0  # settle transactions not yet confirmed
+    deferred: int = 0  # readings the node would not estimate: they wait for the next round
 
 
 class Relayer:
@@ -53,6 +60,7 @@ class Relayer:
         self._gas_budget = gas_budget
         self._wait_seconds = wait_seconds
         self._per_tx = max(1, (gas_budget - GAS_PER_TX) // GAS_PER_READING)
+        self._deferred_warned: dict[str, float] = {}  # meter -> when its deferral was last warned about
 
     async def tick(self) -> RelayReport:
         report = RelayReport()
@@ -74,8 +82,8 @@ class Relayer:
                 to_send.append(candidate)
         sent: list[Batch] = []
         for start in range(0, len(to_send), self._per_tx):
-            sent += await self._send(to_send[start : start + self._per_tx])
-        report.sent = len(to_send)
+            sent += await self._send(to_send[start : start + self._per_tx], report)
+        report.sent = len(to_send) - report.deferred
         report.batches = len(sent)
         for batch in sent:
             receipt = await self._sender.wait(batch.tx_hash, self._wait_seconds)
@@ -85,20 +93,51 @@ class Relayer:
                 await self._apply(batch, receipt, report)
         return report
 
-    async def _send(self, chunk: Sequence[StoredReading]) -> list[Batch]:
-        """Sign, record, then broadcast one settle transaction; split the chunk if the estimate
-        exceeds the gas budget (a reading that ends a connection costs more than the average)."""
+    async def _send(self, chunk: Sequence[StoredReading], report: RelayReport) -> list[Batch]:
+        """Sign, record, then broadcast one settle transaction. The chunk is split in halves when
+        its estimate exceeds the gas budget (a reading that ends connections costs more than the
+        average) or fails; a single reading whose estimate fails is deferred to the next round."""
         function = self._client.settle_call([c.reading.as_tuple() for c in chunk])
-        estimate = await self._client.estimate(function, self._sender.signer.address)
+        try:
+            estimate = await self._client.estimate(function, self._sender.signer.address)
+        except (NodeRefused, ContractRejected) as err:
+            # The node answered, so the fault is in the batch (settle skips bad readings rather
+            # than revert, so a revert too means it ran out of gas); a lost connection
+            # (ChainError) propagates and fails the round instead.
+            if len(chunk) > 1:
+                return await self._split(chunk, report)
+            self._defer(chunk[0], err, report)
+            return []
         if estimate > self._gas_budget and len(chunk) > 1:
-            half = len(chunk) // 2
-            return [*await self._send(chunk[:half]), *await self._send(chunk[half:])]
+            return await self._split(chunk, report)
         gas = min(int(estimate * GAS_MARGIN), max(self._gas_budget, estimate))
         nonce, tx_hash, raw = await self._sender.sign(function, gas)
         batch_id = self._store.record_batch(nonce, tx_hash, raw, [c.id for c in chunk])
         _LOGGER.info("settle: %d readings, nonce %d, tx %s", len(chunk), nonce, tx_hash)
         await self._client.send_raw(raw)
+        for stored in chunk:
+            if self._deferred_warned.pop(stored.reading.meter, None) is not None:
+                _LOGGER.info("meter %s: its reading is sent again", stored.reading.meter)
         return [Batch(batch_id, nonce, tx_hash, raw)]
+
+    async def _split(self, chunk: Sequence[StoredReading], report: RelayReport) -> list[Batch]:
+        half = len(chunk) // 2
+        return [*await self._send(chunk[:half], report), *await self._send(chunk[half:], report)]
+
+    def _defer(self, stored: StoredReading, err: NodeRefused | ContractRejected, report: RelayReport) -> None:
+        """Leave a reading the node will not estimate pending; warn about its meter at most once per WARN_EVERY."""
+        report.deferred += 1
+        self._metrics.readings_deferred.inc()
+        meter, now = stored.reading.meter, time.monotonic()
+        last = self._deferred_warned.get(meter)
+        warn = last is None or now - last >= WARN_EVERY
+        if warn:
+            self._deferred_warned[meter] = now
+        _LOGGER.log(
+            logging.WARNING if warn else logging.DEBUG,
+            "meter %s: reading at %d not sent, the node will not estimate its settle (%s); retried next round",
+            meter, stored.reading.timestamp, err,
+        )  # fmt: skip
 
     async def resolve_open(self, report: RelayReport | None = None) -> None:
         """Settle transactions recorded but not confirmed (this run, or before a crash)."""

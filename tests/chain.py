@@ -173,8 +173,13 @@ class Chain:
             escrow += page["escrowWei"]
             cursor = page["nextCursor"]
             if cursor == 0:
-                return {"credit": page["credit"], "bidEscrow": page["bidEscrow"], "ids": ids, "unclaimed": unclaimed,
-                        "escrow": escrow}
+                return {
+                    "credit": page["credit"],
+                    "bidEscrow": page["bidEscrow"],
+                    "ids": ids,
+                    "unclaimed": unclaimed,
+                    "escrow": escrow,
+                }
 
     def credit(self, account: str) -> int:
         """What the account can withdraw with claimAndWithdraw of its open connections: its credit

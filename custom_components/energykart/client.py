@@ -40,6 +40,13 @@ DOMAIN_NAME = "Energy-Kart"
 DOMAIN_VERSION = "1"
 _HEADERS = {"Content-Type": "application/json"}
 RECEIPT_TIMEOUT = 120.0
+# The contract's account and offer views are paged so that no read grows with the market; an
+# update reads at most MAX_PAGES pages of each (pages after the first at the first one's block).
+ACCOUNT_PAGE = 100
+OFFER_PAGE = 100
+MAX_PAGES = 10
+# claimAndWithdraw claims at most this many connections in one transaction (about 10k gas each).
+MAX_CLAIMS = 200
 _ERRORS = {
     "0x" + keccak(text=f"{item['name']}({','.join(i['type'] for i in item['inputs'])})")[:4].hex(): item["name"]
     for item in ABI
@@ -212,15 +219,15 @@ class SignedTransaction:
 
 @dataclass(frozen=True, slots=True)
 class MarketRead:
-    """Everything one update reads, in one batched round trip."""
+    """Everything one update reads: one batched round trip, plus the further pages of a large
+    account or market at the same block."""
 
     block: int
     balance_wei: int
-    credit_wei: int
+    credit_wei: int  # withdrawable with claims: stored credit plus unclaimed payment as seller
     escrow_wei: int
     open_ids: tuple[int, ...]
-    open_offer_count: int
-    open_offers: tuple[Offer, ...]
+    open_offers: tuple[Offer, ...]  # open for bids now
     offers: dict[int, Offer]
     connections: dict[int, Connection]
     events: tuple[MarketEvent, ...]
@@ -356,9 +363,8 @@ class EnergyKartClient:
             async with self.w3.batch_requests() as batch:
                 batch.add(self.w3.eth.get_block_number())
                 batch.add(self.w3.eth.get_balance(self.account))
-                batch.add(functions.accountOf(self.account))
-                batch.add(functions.openOfferCount())
-                batch.add(functions.openOffers(0, 100))
+                batch.add(functions.accountOf(self.account, 0, ACCOUNT_PAGE))
+                batch.add(functions.openOffers(0, OFFER_PAGE))
                 batch.add(
                     self.w3.eth.get_logs(
                         {"address": self.contract.address, "fromBlock": from_block, "toBlock": "latest"}
@@ -371,16 +377,29 @@ class EnergyKartClient:
                 results: list[Any] = await batch.async_execute()
         except (ProviderConnectionError, aiohttp.ClientError, TimeoutError) as err:
             raise EnergyKartConnectionError(str(err)) from err
-        block, balance, account, count, page, logs = results[:6]
-        records: list[Any] = results[6:]
+        block, balance, account, page, logs = results[:5]
+        records: list[Any] = results[5:]
+        credit, bid_escrow, ids, unclaimed, escrow, cursor = account
+        ids = list(ids)
+        offers, after = list(page[0]), page[1]
+        for _ in range(MAX_PAGES - 1):
+            if cursor:
+                _, _, more, more_unclaimed, more_escrow, cursor = await self._call_at(
+                    functions.accountOf(self.account, cursor, ACCOUNT_PAGE), block
+                )
+                ids += more
+                unclaimed += more_unclaimed
+                escrow += more_escrow
+            if after:
+                more_offers, after = await self._call_at(functions.openOffers(after, OFFER_PAGE), block)
+                offers += more_offers
         return MarketRead(
             block=int(block),
             balance_wei=int(balance),
-            credit_wei=int(account[0]),
-            escrow_wei=int(account[1]),
-            open_ids=tuple(int(i) for i in account[2]),
-            open_offer_count=int(count),
-            open_offers=tuple(Offer.from_tuple(raw) for raw in page[0]),
+            credit_wei=int(credit + unclaimed),
+            escrow_wei=int(bid_escrow + escrow),
+            open_ids=tuple(int(i) for i in ids),
+            open_offers=tuple(Offer.from_tuple(raw) for raw in offers),
             offers={offer_id: Offer.from_tuple(raw) for offer_id, raw in zip(offer_ids, records, strict=False)},
             connections={
                 connection_id: Connection.from_tuple(raw)
@@ -388,6 +407,12 @@ class EnergyKartClient:
             },
             events=self._decode(logs),
         )
+
+    async def _call_at(self, function: AsyncContractFunction, block: int) -> Any:
+        try:
+            return await function.call(block_identifier=block)
+        except (ProviderConnectionError, aiohttp.ClientError, TimeoutError) as err:
+            raise EnergyKartConnectionError(str(err)) from err
 
     async def read_records(self, offer_ids: Iterable[int]) -> tuple[dict[int, Offer], dict[int, Connection]]:
         """Offers and, for those awarded, connections: for ids an update has not seen before."""
@@ -457,8 +482,15 @@ class EnergyKartClient:
         receipt = await self._transact(self.contract.functions.closeConnection(connection_id))
         return "0x" + bytes(receipt["transactionHash"]).hex()
 
-    async def withdraw(self) -> str:
-        receipt = await self._transact(self.contract.functions.withdraw())
+    async def withdraw(self, connection_ids: Sequence[int] = ()) -> str:
+        """Claim the payment on `connection_ids` (the account's open connections as seller) and pay
+        out the whole credit; return the transaction hash."""
+        function = (
+            self.contract.functions.claimAndWithdraw(list(connection_ids[:MAX_CLAIMS]))
+            if connection_ids
+            else self.contract.functions.withdraw()
+        )
+        receipt = await self._transact(function)
         return "0x" + bytes(receipt["transactionHash"]).hex()
 
     def sent_unconfirmed(self, function_name: str, *args: Any) -> bool:
@@ -540,4 +572,8 @@ class EnergyKartClient:
 
 def _call_key(function_name: str, args: Sequence[Any]) -> tuple[Any, ...]:
     """What a transaction does, to recognise the same call made again (addresses in any case)."""
+    if function_name == "claimAndWithdraw":
+        # Both pay out the whole credit; the ids only say what to claim first, and change as
+        # connections end: a withdrawal made again is the same withdrawal.
+        return ("withdraw",)
     return (function_name, *(arg.lower() if isinstance(arg, str) else arg for arg in args))

@@ -46,7 +46,6 @@ class EnergyKartData:
     balance_wei: int
     credit_wei: int
     escrow_wei: int
-    open_offer_count: int
     open_offers: tuple[Offer, ...]
     my_offers: dict[int, Offer]
     connections: dict[int, Connection]
@@ -271,7 +270,6 @@ class EnergyKartCoordinator(DataUpdateCoordinator[EnergyKartData]):
             balance_wei=read.balance_wei,
             credit_wei=read.credit_wei,
             escrow_wei=read.escrow_wei,
-            open_offer_count=read.open_offer_count,
             open_offers=read.open_offers,
             my_offers=my_offers,
             connections=connections,

@@ -228,7 +228,7 @@ class OpenOffersSensor(EnergyKartEntity, SensorEntity):
 
     @property
     def native_value(self) -> int:
-        return self.coordinator.data.open_offer_count
+        return len(self.coordinator.data.open_offers)
 
     @property
     def extra_state_attributes(self) -> dict[str, Any]:

@@ -208,7 +208,12 @@ async def async_close_connection(coordinator: EnergyKartCoordinator, connection_
 async def async_withdraw(coordinator: EnergyKartCoordinator) -> str:
     """Pay out the credit; return the transaction hash."""
     _trading(coordinator)
-    return await _send(coordinator, coordinator.client.withdraw())
+    account = coordinator.account
+    # The payment on open connections as seller is credit only once claimed: claim them in the same transaction.
+    selling = [
+        i for i, c in coordinator.data.connections.items() if c.seller == account and c.status < Status.COMPLETED
+    ]
+    return await _send(coordinator, coordinator.client.withdraw(selling))
 
 
 @callback
@@ -235,7 +240,7 @@ def async_setup_services(hass: HomeAssistant) -> None:
     async def list_offers(call: ServiceCall) -> ServiceResponse:
         coordinator = _coordinator(call)
         return {
-            "count": coordinator.data.open_offer_count,
+            "count": len(coordinator.data.open_offers),
             "offers": [coordinator.describe_offer(offer) for offer in coordinator.data.open_offers],
         }
 

@@ -41,6 +41,12 @@ def test_cost_is_constant(report: dict[str, Any]) -> None:
     assert report["constant_cost"] is True
 
 
+def test_the_dearest_reading_is_bounded(report: dict[str, Any]) -> None:
+    """Finding F4: a reading that ends a meter's full queue costs a constant, a small part of a block."""
+    assert report["settle_gas_per_reading"]["1"] < report["settle_worst_reading"] < 450_000
+    assert report["worst_readings_per_30m_block"] >= 60
+
+
 def test_batching_beats_one_transaction_per_reading(report: dict[str, Any]) -> None:
     per_reading = report["settle_gas_per_reading"]
     assert per_reading["10"] < per_reading["1"] < report["naive_gas_per_reading"]

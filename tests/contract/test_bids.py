@@ -50,7 +50,6 @@ def escrow(price: int, energy: int = ENERGY) -> int:
 
 
 def test_bid_escrows_and_leads(chain: Chain, offer_id: int, buyer: str, meter: LocalAccount) -> None:
-    m = chain.market.functions
     before = eth(chain, buyer)
     receipt = chain.place_bid(offer_id, buyer, meter.address, START)
     assert chain.events(receipt, "BidPlaced") == [

@@ -272,7 +272,6 @@ def test_exact_cap_completes(chain: Chain, connection: int, seller: str, buyer: 
 
 
 def test_excess_flows_to_queued_connections_oldest_first(chain: Chain, buyer: str, meter: LocalAccount) -> None:
-    m = chain.market.functions
     s1, s2, s3 = chain.accounts[5], chain.accounts[6], chain.accounts[7]
     p1, p2, p3 = 10**12 + 1, 2 * 10**12 + 3, 3 * 10**12 + 9
     c1 = chain.award(s1, buyer, meter.address, 1000, p1)

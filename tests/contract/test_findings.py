@@ -1,21 +1,22 @@
-"""The outside review's findings (issue 9, docs/SECURITY.md F3-F9), each as the attack and the defence.
+"""The outside review's findings (issue 9, docs/SECURITY.md F4-F10), each as the attack and the defence.
 
-F3  a buyer fills its meter's queue with 1-Wh self-dealt connections to make one reading too dear
+F4  a buyer fills its meter's queue with 1-Wh self-dealt connections to make one reading too dear
     to settle and to slip a real seller's connection past billing;
-F4  a bid survives a change of its meter's owner and bills the new owner's consumption to it;
-F5  a buyer who wins many small offers and never draws locks the seller's withdraw and reads;
-F6  bits of the packed reading that the signature does not cover give one reading two encodings;
-F7  offers whose bidding is over are listed as open;
-F8  `biddingEnds` wraps in 2106;
-F9  Ether forced in (selfdestruct) makes the balance exceed escrows plus credits.
+F5  a bid survives a change of its meter's owner and bills the new owner's consumption to it;
+F6  a buyer who wins many small offers and never draws locks the seller's withdraw and reads;
+F7  bits of the packed reading that the signature does not cover give one reading two encodings;
+F8  offers whose bidding is over are listed as open;
+F9  `biddingEnds` wraps in 2106;
+F10 Ether forced in (selfdestruct) makes the balance exceed escrows plus credits.
 """
 
 from __future__ import annotations
 
 import pytest
 from eth_account.signers.local import LocalAccount
-from eth_typing import ChecksumAddress
+from eth_typing import ChecksumAddress, HexStr
 from web3 import Web3
+from web3.types import Wei
 
 from devchain.anvil import Anvil
 from devchain.deploy import deploy_market
@@ -64,7 +65,7 @@ def reading_at(chain: Chain, meter: LocalAccount, wh: int) -> tuple[SignedReadin
     return chain.sign(meter, wh, t), t
 
 
-# ------------------------------------------------------------------ F3: bounded work per reading
+# ------------------------------------------------------------------ F4: bounded work per reading
 
 
 def test_a_meter_holds_at_most_eight_connections(chain: Chain, buyer: str, accomplice: str, seller: str) -> None:
@@ -112,7 +113,7 @@ def test_bids_placed_before_the_queue_filled_are_refused_at_the_award(
 def test_a_real_seller_behind_a_full_queue_of_blockers_is_paid(
     chain: Chain, buyer: str, accomplice: str, seller: str
 ) -> None:
-    """The attack of finding F3, at the largest queue the contract allows: seven 1-Wh blockers
+    """The attack of finding F4, at the largest queue the contract allows: seven 1-Wh blockers
     from the buyer's own second account, closed at once, then the real seller's connection. One
     reading ends all seven and bills the real connection; the buyer cannot release it unpaid."""
     m = chain.market.functions
@@ -153,7 +154,7 @@ def test_worst_case_reading_gas_is_bounded(chain: Chain, buyer: str, accomplice:
     chain.assert_conserved()
 
 
-# ------------------------------------------------------------------ F4: meter owner changes
+# ------------------------------------------------------------------ F5: meter owner changes
 
 
 @pytest.mark.parametrize("new_owner", [None, 4], ids=["revoked", "registered-to-another-owner"])
@@ -198,12 +199,10 @@ def test_a_meter_back_with_its_owner_is_awarded(chain: Chain, buyer: str, seller
     assert STATUS[chain.offer(offer)["status"]] == "Active"
 
 
-# ------------------------------------------------------------------ F5: a seller's credit is never locked
+# ------------------------------------------------------------------ F6: a seller's credit is never locked
 
 
-def test_a_never_drawing_buyer_cannot_make_the_sellers_withdraw_dearer(
-    chain: Chain, buyer: str, seller: str
-) -> None:
+def test_a_never_drawing_buyer_cannot_make_the_sellers_withdraw_dearer(chain: Chain, buyer: str, seller: str) -> None:
     """withdraw pays the stored credit without walking; the seller's reads are paged."""
     m = chain.market.functions
     other_buyer = chain.accounts[5]
@@ -219,16 +218,15 @@ def test_a_never_drawing_buyer_cannot_make_the_sellers_withdraw_dearer(
     assert len(chain.open_ids(seller)) == 3 * MAX_QUEUE
     assert m.withdraw().estimate_gas({"from": seller}) == gas_alone
     page = m.accountOf(seller, 0, 5).call()
-    assert len(page[2]) == 5 and page[-1] != 0
+    assert len(page[2]) == 5
+    assert page[-1] != 0
     receipt = chain.tx(m.withdraw(), seller)
     assert chain.events(receipt, "Withdrawn") == [{"account": seller, "amountWei": pay(PRICE, 2000)}]
     assert STATUS[chain.connection(paid)["status"]] == "Completed"
     chain.assert_conserved()
 
 
-def test_the_seller_closes_a_connection_that_delivered_nothing_for_a_day(
-    chain: Chain, buyer: str, seller: str
-) -> None:
+def test_the_seller_closes_a_connection_that_delivered_nothing_for_a_day(chain: Chain, buyer: str, seller: str) -> None:
     m = chain.market.functions
     meter = reported_meter(chain, buyer)
     head = chain.award(seller, buyer, meter.address, 1000, PRICE)
@@ -264,7 +262,7 @@ def test_the_seller_cannot_close_a_connection_that_delivers(chain: Chain, buyer:
     chain.tx(m.closeConnection(connection), buyer)
 
 
-# ------------------------------------------------------------------ F6: one reading, one encoding
+# ------------------------------------------------------------------ F7: one reading, one encoding
 
 
 @pytest.mark.parametrize("bit", [88, 95])
@@ -281,7 +279,7 @@ def test_uncovered_bits_make_a_reading_malformed(chain: Chain, buyer: str, selle
     assert chain.connection(connection)["deliveredWh"] == 700
 
 
-# ------------------------------------------------------------------ F7: open means open for bids
+# ------------------------------------------------------------------ F8: open means open for bids
 
 
 def test_offers_whose_bidding_is_over_are_due_not_open(chain: Chain, seller: str) -> None:
@@ -299,14 +297,14 @@ def test_offers_whose_bidding_is_over_are_due_not_open(chain: Chain, seller: str
     assert m.dueOffers(0, 10).call() == [[], 0]
 
 
-# ------------------------------------------------------------------ F8: times past 2106
+# ------------------------------------------------------------------ F9: times past 2106
 
 
 def test_bidding_ends_past_2106() -> None:
     start = 2**32 - 300  # five minutes before a 32-bit timestamp wraps
     with Anvil(accounts=3, extra_args=("--timestamp", str(start))) as node:
         w3 = Web3(Web3.HTTPProvider(node.url))
-        registrar, seller, buyer = w3.eth.accounts[:3]
+        registrar, seller, buyer = list(w3.eth.accounts)[:3]
         market = deploy_market(w3, registrar, timestep=900, min_bid_increment=10**9)
         chain = Chain(w3, market, registrar, list(w3.eth.accounts), Domain(w3.eth.chain_id, market.address))
         meter = reported_meter(chain, buyer)
@@ -321,7 +319,7 @@ def test_bidding_ends_past_2106() -> None:
         assert STATUS[chain.offer(offer)["status"]] == "Active"
 
 
-# ------------------------------------------------------------------ F9: forced Ether belongs to nobody
+# ------------------------------------------------------------------ F10: forced Ether belongs to nobody
 
 
 def test_forced_ether_is_surplus_and_everyone_still_withdraws_exactly(chain: Chain, buyer: str, seller: str) -> None:
@@ -333,7 +331,7 @@ def test_forced_ether_is_surplus_and_everyone_still_withdraws_exactly(chain: Cha
     # Init code that self-destructs at once, sending its value to the market: PUSH20 market, SELFDESTRUCT.
     forced = 12345
     init = "0x73" + chain.market.address[2:].lower() + "ff"
-    tx = chain.w3.eth.send_transaction({"from": chain.accounts[9], "data": init, "value": forced})
+    tx = chain.w3.eth.send_transaction({"from": chain.accounts[9], "data": HexStr(init), "value": Wei(forced)})
     assert chain.w3.eth.wait_for_transaction_receipt(tx)["status"] == 1
     assert chain.balance() == chain.held() + forced
     chain.assert_conserved(surplus=forced)

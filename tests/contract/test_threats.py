@@ -138,7 +138,6 @@ def test_wrapping_cumulative_cannot_freeze_a_sellers_withdrawals(
     """A buyer that holds its own meter's key wins an offer, then relays a reading its meter signed
     before the award with a cumulative near 2**48. The seller's credit from other trades must stay
     withdrawable, and other meters' readings must still settle in the same batch."""
-    m = chain.market.functions
     honest_meter = reported_meter(chain, buyer)
     chain.award(seller, buyer, honest_meter.address, CAP, PRICE)
     t = chain.now() + 10

@@ -1,15 +1,23 @@
 // SPDX-License-Identifier: MIT
 pragma solidity 0.8.28;
 
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {IERC20Permit} from "@openzeppelin/contracts/token/ERC20/extensions/IERC20Permit.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+
 /// @title Energy-Kart energy market
 /// @notice Peer-to-peer auctions of household solar surplus, delivered over a metered connection and
 /// paid per kWh from the buyer's escrow. Meter readings are EIP-712 messages signed by the meter
 /// itself, so whoever relays them (the oracle) cannot forge or alter them.
+/// The market settles in one currency, fixed at deployment: the chain's native coin, or an ERC-20
+/// token (a stablecoin in practice). Amounts named `...Wei` are in the currency's smallest unit.
 /// @dev Offer and connection share one id and one record: a connection is an awarded offer.
 /// Every state-changing function costs the same whatever the number of offers, users or meters:
 /// lists are doubly linked through the records, and payments are derived from a meter's cumulative
 /// reading instead of being pushed on each reading, so an accepted reading writes one storage slot.
 contract EnergyMarket {
+    using SafeERC20 for IERC20;
+
     // ------------------------------------------------------------------ types
 
     /// @notice Where an offer / connection record is in its life.
@@ -188,6 +196,9 @@ contract EnergyMarket {
     /// be closed only by its buyer; after them its seller may close it too.
     uint256 public constant IDLE_TIMESTEPS = 96;
 
+    /// @notice The currency of escrows, credits and prices: address(0) for the chain's native coin,
+    /// else the ERC-20 token.
+    address public immutable currency;
     /// @notice Settlement period in seconds; also the grace window after a close.
     uint256 public immutable timestep;
     /// @notice A bid must exceed the highest one by at least this much (wei per kWh).
@@ -293,6 +304,9 @@ contract EnergyMarket {
     error GraceNotOver(uint256 id, uint256 releasableAt);
     error NothingToWithdraw();
     error TransferFailed(address to, uint256 amountWei);
+    error NotAToken(address currency);
+    error NotATokenMarket();
+    error TokenAmountMismatch(uint256 expected, uint256 received);
     error Reentrancy();
 
     // ------------------------------------------------------------------ modifiers
@@ -312,8 +326,11 @@ contract EnergyMarket {
     /// @param registrar_ the meter operator allowed to register and revoke meters
     /// @param timestep_ settlement period and grace window, in seconds
     /// @param minBidIncrement_ minimal step between bids, in wei per kWh
-    constructor(address registrar_, uint256 timestep_, uint256 minBidIncrement_) {
+    /// @param currency_ address(0) to settle in the native coin, else the ERC-20 token's address
+    constructor(address registrar_, uint256 timestep_, uint256 minBidIncrement_, address currency_) {
         if (registrar_ == address(0)) revert ZeroAddress();
+        if (currency_ != address(0) && currency_.code.length == 0) revert NotAToken(currency_);
+        currency = currency_;
         registrar = registrar_;
         timestep = timestep_;
         minBidIncrement = minBidIncrement_;
@@ -447,10 +464,36 @@ contract EnergyMarket {
 
     /// @notice Bid `pricePerKWh` wei per kWh on offer `id`, for delivery to `meter` (owned by the
     /// bidder, reported at least one reading, fewer than MAX_METER_CONNECTIONS connections open).
-    /// Send exactly `escrowFor(id, pricePerKWh)` wei. The previous highest bidder's escrow becomes
-    /// their withdrawable credit. The meter must still be the bidder's, with room in its queue, at
-    /// the award; otherwise the escrow returns to the bidder's credit and the offer expires.
+    /// The escrow is exactly `escrowFor(id, pricePerKWh)`: sent as value in a native market; in a
+    /// token market pulled with `transferFrom` (approve it first, or use `bidWithPermit`) and no
+    /// value sent. The previous highest bidder's escrow becomes their withdrawable credit. The
+    /// meter must still be the bidder's, with room in its queue, at the award; otherwise the escrow
+    /// returns to the bidder's credit and the offer expires.
     function bid(uint256 id, uint256 pricePerKWh, address meter) external payable {
+        uint256 required = _placeBid(id, pricePerKWh, meter);
+        if (currency != address(0)) _pullExact(required);
+    }
+
+    /// @notice `bid` in a token market, with an EIP-2612 permit for exactly the escrow in the same
+    /// transaction. A permit that fails (already used by a front-runner, or unsupported) is passed
+    /// over: the bid then goes through if the allowance covers the escrow.
+    function bidWithPermit(
+        uint256 id,
+        uint256 pricePerKWh,
+        address meter,
+        uint256 deadline,
+        uint8 v,
+        bytes32 r,
+        bytes32 s
+    ) external {
+        if (currency == address(0)) revert NotATokenMarket();
+        uint256 required = _escrow(pricePerKWh, _existing(id).energyWh);
+        try IERC20Permit(currency).permit(msg.sender, address(this), required, deadline, v, r, s) {} catch {}
+        _pullExact(_placeBid(id, pricePerKWh, meter));
+    }
+
+    /// @dev Checks a bid and records it; returns the escrow it must bring.
+    function _placeBid(uint256 id, uint256 pricePerKWh, address meter) private returns (uint256 required) {
         Record storage rec = _existing(id);
         if (rec.status != Status.Bidding) revert WrongStatus(id, rec.status);
         if (block.timestamp >= rec.biddingEnds) revert BiddingOver(id, rec.biddingEnds);
@@ -458,8 +501,9 @@ contract EnergyMarket {
         uint256 minPrice = _minNextBid(rec);
         if (pricePerKWh < minPrice) revert BidTooLow(minPrice);
         if (pricePerKWh > type(uint72).max) revert InvalidPrice(pricePerKWh);
-        uint256 required = _escrow(pricePerKWh, rec.energyWh);
-        if (msg.value != required) revert WrongEscrow(required, msg.value);
+        required = _escrow(pricePerKWh, rec.energyWh);
+        uint256 expectedValue = currency == address(0) ? required : 0;
+        if (msg.value != expectedValue) revert WrongEscrow(expectedValue, msg.value);
         MeterInfo storage info = _meterInfo[meter];
         if (info.owner != msg.sender) revert NotMeterOwner(meter, info.owner);
         // The award takes the meter's last reading as the connection's baseline; without one, the
@@ -957,8 +1001,26 @@ contract EnergyMarket {
         if (amount == 0) revert NothingToWithdraw();
         acct.credit = 0;
         emit Withdrawn(msg.sender, amount);
-        (bool ok,) = msg.sender.call{value: amount}("");
-        if (!ok) revert TransferFailed(msg.sender, amount);
+        if (currency == address(0)) {
+            (bool ok,) = msg.sender.call{value: amount}("");
+            if (!ok) revert TransferFailed(msg.sender, amount);
+        } else {
+            IERC20(currency).safeTransfer(msg.sender, amount);
+        }
+    }
+
+    /// @dev Pulls exactly `amount` of the token from the caller. A token that delivers another
+    /// amount (a transfer fee, rebasing) is refused; the lock keeps the token from re-entering
+    /// the market's money paths while it runs.
+    function _pullExact(uint256 amount) private {
+        if (_locked) revert Reentrancy();
+        _locked = true;
+        IERC20 token = IERC20(currency);
+        uint256 before = token.balanceOf(address(this));
+        token.safeTransferFrom(msg.sender, address(this), amount);
+        uint256 received = token.balanceOf(address(this)) - before;
+        if (received != amount) revert TokenAmountMismatch(amount, received);
+        _locked = false;
     }
 
     function _claim(uint32 id, Record storage rec) private {

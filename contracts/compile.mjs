@@ -1,5 +1,5 @@
-// Compiles contracts/EnergyMarket.sol with the pinned solcjs and writes the artifact (ABI +
-// bytecode) plus the ABI copies that the self-contained packages carry.
+// Compiles the contracts with the pinned solcjs and writes their artifacts (ABI + bytecode) plus
+// the copies of the market's ABI that the self-contained packages carry.
 // Usage: node contracts/compile.mjs [output-root]   (default: the repository root)
 import { createHash } from "node:crypto";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -9,30 +9,20 @@ import solc from "solc";
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const outRoot = resolve(process.argv[2] ?? repo);
-const sourcePath = "contracts/EnergyMarket.sol";
-const source = readFileSync(join(repo, sourcePath), "utf8");
+const CONTRACTS = { EnergyMarket: "contracts/EnergyMarket.sol", DemoToken: "contracts/DemoToken.sol" };
 const settings = {
   optimizer: { enabled: true, runs: 10000 },
   viaIR: true,
   evmVersion: "cancun",
   outputSelection: { "*": { "*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"] } },
 };
-const output = JSON.parse(
-  solc.compile(JSON.stringify({ language: "Solidity", sources: { [sourcePath]: { content: source } }, settings })),
-);
-const errors = (output.errors ?? []).filter((e) => e.severity === "error");
-for (const e of output.errors ?? []) console.error(e.formattedMessage);
-if (errors.length) process.exit(1);
-
-const contract = output.contracts[sourcePath].EnergyMarket;
-const artifact = {
-  contractName: "EnergyMarket",
-  sourceName: sourcePath,
-  sourceSha256: createHash("sha256").update(source).digest("hex"),
-  compiler: { name: "solc", version: solc.version(), settings: { ...settings, outputSelection: undefined } },
-  abi: contract.abi,
-  bytecode: "0x" + contract.evm.bytecode.object,
-  deployedBytecode: "0x" + contract.evm.deployedBytecode.object,
+// Imports (OpenZeppelin Contracts) resolve to the pinned packages in node_modules.
+const findImports = (path) => {
+  try {
+    return { contents: readFileSync(join(repo, "node_modules", path), "utf8") };
+  } catch {
+    return { error: `not found in node_modules: ${path}` };
+  }
 };
 const write = (rel, data) => {
   const path = join(outRoot, rel);
@@ -40,6 +30,26 @@ const write = (rel, data) => {
   writeFileSync(path, JSON.stringify(data, null, 2) + "\n");
   console.log(`wrote ${rel}`);
 };
-write("contracts/build/EnergyMarket.json", artifact);
-write("custom_components/energykart/abi/EnergyMarket.json", contract.abi);
-write("oracle/abi/EnergyMarket.json", contract.abi);
+
+for (const [name, sourcePath] of Object.entries(CONTRACTS)) {
+  const source = readFileSync(join(repo, sourcePath), "utf8");
+  const input = { language: "Solidity", sources: { [sourcePath]: { content: source } }, settings };
+  const output = JSON.parse(solc.compile(JSON.stringify(input), { import: findImports }));
+  const errors = (output.errors ?? []).filter((e) => e.severity === "error");
+  for (const e of output.errors ?? []) console.error(e.formattedMessage);
+  if (errors.length) process.exit(1);
+  const contract = output.contracts[sourcePath][name];
+  write(`contracts/build/${name}.json`, {
+    contractName: name,
+    sourceName: sourcePath,
+    sourceSha256: createHash("sha256").update(source).digest("hex"),
+    compiler: { name: "solc", version: solc.version(), settings: { ...settings, outputSelection: undefined } },
+    abi: contract.abi,
+    bytecode: "0x" + contract.evm.bytecode.object,
+    deployedBytecode: "0x" + contract.evm.deployedBytecode.object,
+  });
+  if (name === "EnergyMarket") {
+    write("custom_components/energykart/abi/EnergyMarket.json", contract.abi);
+    write("oracle/abi/EnergyMarket.json", contract.abi);
+  }
+}

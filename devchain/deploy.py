@@ -1,6 +1,6 @@
 """Deploy the EnergyMarket contract and register meters (tests, benchmarks, demo).
 
-python -m devchain.deploy --rpc-url http://127.0.0.1:8545 [--meter METER=OWNER ...]
+python -m devchain.deploy --rpc-url http://127.0.0.1:8545 [--currency native|TOKEN] [--meter METER=OWNER ...]
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from eth_typing import ChecksumAddress
 from web3 import Web3
 from web3.contract import Contract
 
-ARTIFACT = Path(__file__).resolve().parent.parent / "contracts" / "build" / "EnergyMarket.json"
+BUILD = Path(__file__).resolve().parent.parent / "contracts" / "build"
+ARTIFACT = BUILD / "EnergyMarket.json"
+NATIVE = "0x0000000000000000000000000000000000000000"
 DEFAULT_TIMESTEP = 900
 DEFAULT_MIN_BID_INCREMENT = 10**9  # 1 gwei per kWh
 
@@ -28,6 +30,21 @@ def artifact() -> dict[str, Any]:
     return data
 
 
+@cache
+def token_artifact() -> dict[str, Any]:
+    """The compiled DemoToken (OpenZeppelin ERC-20 + EIP-2612 permit)."""
+    data: dict[str, Any] = json.loads((BUILD / "DemoToken.json").read_text())
+    return data
+
+
+def _deployed(w3: Web3, factory: Any, args: tuple[Any, ...], deployer: str) -> ChecksumAddress:
+    tx_hash = factory.constructor(*args).transact({"from": Web3.to_checksum_address(deployer)})
+    receipt = w3.eth.wait_for_transaction_receipt(tx_hash)
+    if receipt["status"] != 1 or receipt["contractAddress"] is None:
+        raise RuntimeError(f"deployment failed: {receipt}")
+    return Web3.to_checksum_address(receipt["contractAddress"])
+
+
 def deploy_market(
     w3: Web3,
     deployer: str,
@@ -35,17 +52,29 @@ def deploy_market(
     registrar: str | None = None,
     timestep: int = DEFAULT_TIMESTEP,
     min_bid_increment: int = DEFAULT_MIN_BID_INCREMENT,
+    currency: str = NATIVE,
 ) -> Contract:
-    """Deploy a market from an unlocked `deployer` account; returns the bound contract."""
+    """Deploy a market from an unlocked `deployer` account, settling in the native coin or in the
+    ERC-20 token at `currency`; returns the bound contract."""
     art = artifact()
     factory = w3.eth.contract(abi=art["abi"], bytecode=art["bytecode"])
-    tx_hash = factory.constructor(
-        Web3.to_checksum_address(registrar or deployer), timestep, min_bid_increment
-    ).transact({"from": Web3.to_checksum_address(deployer)})
-    receipt = w3.eth.wait_for_transaction_receipt(tx_hash)
-    if receipt["status"] != 1 or receipt["contractAddress"] is None:
-        raise RuntimeError(f"deployment failed: {receipt}")
-    return market_at(w3, receipt["contractAddress"])
+    args = (
+        Web3.to_checksum_address(registrar or deployer),
+        timestep,
+        min_bid_increment,
+        Web3.to_checksum_address(currency),
+    )
+    return market_at(w3, _deployed(w3, factory, args, deployer))
+
+
+def deploy_token(
+    w3: Web3, deployer: str, *, name: str = "Energy-Kart Euro", symbol: str = "EURe", decimals: int = 18
+) -> Contract:
+    """Deploy a DemoToken owned (and minted) by the unlocked `deployer`; returns the bound contract."""
+    art = token_artifact()
+    factory = w3.eth.contract(abi=art["abi"], bytecode=art["bytecode"])
+    address = _deployed(w3, factory, (name, symbol, decimals), deployer)
+    return w3.eth.contract(address=address, abi=art["abi"])
 
 
 def market_at(w3: Web3, address: str) -> Contract:
@@ -74,19 +103,41 @@ def _pair(text: str) -> tuple[ChecksumAddress, ChecksumAddress]:
     return Web3.to_checksum_address(meter), Web3.to_checksum_address(owner)
 
 
+def _currency(text: str) -> ChecksumAddress:
+    if text == "native":
+        return Web3.to_checksum_address(NATIVE)
+    if not Web3.is_address(text):
+        raise argparse.ArgumentTypeError(f"expected 'native' or a token address, got {text!r}")
+    return Web3.to_checksum_address(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rpc-url", required=True, help="JSON-RPC URL of a node with an unlocked account")
     parser.add_argument("--from", dest="deployer", help="deploying account (default: the node's first)")
     parser.add_argument("--timestep", type=int, default=DEFAULT_TIMESTEP, help="settlement period, seconds")
     parser.add_argument("--min-bid-increment", type=int, default=DEFAULT_MIN_BID_INCREMENT, help="wei per kWh")
+    parser.add_argument(
+        "--currency",
+        type=_currency,
+        default=NATIVE,
+        help="'native' (the chain's coin, the default) or the address of the ERC-20 token to settle in",
+    )
     parser.add_argument("--meter", type=_pair, action="append", default=[], help="register METER=OWNER")
     args = parser.parse_args(argv)
     w3 = Web3(Web3.HTTPProvider(args.rpc_url))
     deployer = args.deployer or w3.eth.accounts[0]
-    market = deploy_market(w3, deployer, timestep=args.timestep, min_bid_increment=args.min_bid_increment)
+    if args.currency != NATIVE and not w3.eth.get_code(args.currency):
+        parser.error(f"--currency {args.currency}: no contract at that address on this chain")
+    market = deploy_market(
+        w3, deployer, timestep=args.timestep, min_bid_increment=args.min_bid_increment, currency=args.currency
+    )
     register_meters(market, deployer, args.meter)
-    print(json.dumps({"address": market.address, "chainId": w3.eth.chain_id, "registrar": deployer}))
+    print(
+        json.dumps(
+            {"address": market.address, "chainId": w3.eth.chain_id, "registrar": deployer, "currency": args.currency}
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 GENERATED = (
     "contracts/build/EnergyMarket.json",
+    "contracts/build/DemoToken.json",
     "custom_components/energykart/abi/EnergyMarket.json",
     "oracle/abi/EnergyMarket.json",
 )
@@ -39,3 +40,9 @@ def test_artifact_describes_the_compiler() -> None:
     assert art["compiler"]["version"].startswith(package["devDependencies"]["solc"])
     assert len(art["bytecode"]) > 1000
     assert art["abi"], "the artifact must carry the ABI"
+
+
+def test_market_fits_the_contract_size_limit() -> None:
+    """EIP-170: a deployed contract's code is at most 24,576 bytes, or the deployment fails."""
+    art = json.loads((REPO / GENERATED[0]).read_text())
+    assert len(bytes.fromhex(art["deployedBytecode"][2:])) <= 24_576

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from eth_typing import HexStr
 from freezegun.api import FrozenDateTimeFactory
 from homeassistant.core import HomeAssistant
 
@@ -59,7 +60,7 @@ async def test_pages_of_a_large_account_and_market(
         DOMAIN, "withdraw", {"config_entry_id": seller.entry_id}, blocking=True, return_response=True
     )
     assert response is not None
-    receipt = chain.w3.eth.get_transaction_receipt(response["transaction_hash"])
+    receipt = chain.w3.eth.get_transaction_receipt(HexStr(str(response["transaction_hash"])))
     fee = receipt["gasUsed"] * receipt["effectiveGasPrice"]
     assert chain.w3.eth.get_balance(SELLER.address) == before + unclaimed - fee
     assert chain.credit(SELLER.address) == 0

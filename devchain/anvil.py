@@ -7,6 +7,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -16,6 +17,12 @@ from typing import Self
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MNEMONIC = "test test test test test test test test test test test junk"
+# anvil keeps the state of every block: past 500 in memory it writes them to an anvil-state-*
+# directory under its cache path (~/.foundry/anvil/tmp by default), which it never deletes, not even
+# on SIGTERM (gigabytes per test run). With this many kept in memory it writes none; calls and gas
+# estimates against recent blocks and anvil_reorg still work (a bare --prune-history keeps none,
+# and breaks web3's gas estimates against the previous block).
+HISTORY_STATES = 256
 
 
 def anvil_binary() -> str:
@@ -54,6 +61,7 @@ class Anvil:
         self.block_time = block_time
         self.extra_args = extra_args
         self._proc: subprocess.Popen[bytes] | None = None
+        self._cache: Path | None = None
 
     @property
     def url(self) -> str:
@@ -64,8 +72,12 @@ class Anvil:
         return self._proc is not None and self._proc.poll() is None
 
     def start(self, timeout: float = 20.0) -> Self:
+        binary = anvil_binary()
+        # Even with pruning anvil creates an (empty) anvil-state-* directory, on anvil_reorg: give it
+        # a cache path of its own, which stop() removes.
+        self._cache = Path(tempfile.mkdtemp(prefix="anvil-cache-"))
         args = [
-            anvil_binary(),
+            binary,
             "--host",
             "127.0.0.1",
             "--port",
@@ -77,6 +89,10 @@ class Anvil:
             "--mnemonic",
             DEFAULT_MNEMONIC,
             "--silent",
+            "--prune-history",
+            str(HISTORY_STATES),
+            "--cache-path",
+            str(self._cache),
             *self.extra_args,
         ]
         if self.block_time is not None:
@@ -86,9 +102,10 @@ class Anvil:
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
+            if (code := self._proc.poll()) is not None:
                 err = self._proc.stderr.read().decode() if self._proc.stderr else ""
-                raise RuntimeError(f"anvil exited with {self._proc.returncode}: {err.strip()}")
+                self.stop()
+                raise RuntimeError(f"anvil exited with {code}: {err.strip()}")
             if self._responds():
                 return self
             time.sleep(0.05)
@@ -108,6 +125,7 @@ class Anvil:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
+        cache, self._cache = self._cache, None
         if proc is None:
             return
         if proc.poll() is None:
@@ -119,6 +137,8 @@ class Anvil:
                 proc.wait()
         if proc.stderr:
             proc.stderr.close()
+        if cache is not None:
+            shutil.rmtree(cache, ignore_errors=True)
 
     def __enter__(self) -> Self:
         return self.start()

@@ -65,6 +65,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=DEFAULT_REPORT,
         help="JSON report path; the PNG chart is written next to it (default %(default)s -> out/demo-chart.png)",
     )
+    parser.add_argument(
+        "--currency",
+        choices=("native", "token"),
+        default="native",
+        help="settle in the chain's coin (default) or in an ERC-20 stablecoin (EURe) deployed for the day",
+    )
     parser.add_argument("--no-live", action="store_true", help="plain log lines instead of the live table")
     parser.add_argument(
         "--pace",
@@ -85,7 +91,8 @@ async def _play(
     devnet: Devnet, days: list[HomeDay], args: argparse.Namespace, oracle_url: str, console: Console
 ) -> DayOutcome:
     timeout = aiohttp.ClientTimeout(total=60)
-    view: View = PlainView(console) if args.no_live else LiveView(console, [d.spec.kind for d in days])
+    kinds = [d.spec.kind for d in days]
+    view: View = PlainView(console) if args.no_live else LiveView(console, kinds, devnet.symbol)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         pace = args.pace if args.pace is not None else 0.0 if args.no_live else LIVE_PACE
         day = TradingDay(devnet, days, args.steps, args.seed, session, oracle_url, view, pace)
@@ -103,8 +110,12 @@ def run(argv: Sequence[str] | None = None) -> int:
             if rpc_url is None:
                 rpc_url = stack.enter_context(Anvil(accounts=max(20, args.homes + 2))).url
                 console.print(f"anvil started on {rpc_url}")
-            devnet = prepare(rpc_url, args.homes, args.seed)
-            console.print(f"market {devnet.market} deployed on chain {devnet.chain_id}; {args.homes} meters registered")
+            devnet = prepare(rpc_url, args.homes, args.seed, args.currency)
+            settles_in = "ETH" if devnet.symbol == "ETH" else f"{devnet.symbol} (token {devnet.currency})"
+            console.print(
+                f"market {devnet.market} deployed on chain {devnet.chain_id}, settling in {settles_in}; "
+                f"{args.homes} meters registered"
+            )
             oracle = stack.enter_context(OracleProcess(rpc_url, devnet.market, bytes(devnet.relayer.key)))
             console.print(f"oracle running at {oracle.url} (relayer {devnet.relayer.address})")
             outcome = asyncio.run(_play(devnet, days, args, oracle.url, console))

@@ -99,7 +99,7 @@ class TradingDay:
         self.session = session
         self.oracle_url = oracle_url
         self.view = view
-        self.market = Market(session, devnet.rpc_url, devnet.market)
+        self.market = Market(session, devnet.rpc_url, devnet.market, devnet.currency)
         self.oracle = OracleClient(session, oracle_url)
         names = [d.spec.name for d in days]
         self.meter_addresses = [m.address for m in devnet.meters]
@@ -149,7 +149,8 @@ class TradingDay:
         end_wallets = await asyncio.gather(*(self.market.balance(h) for h in homes))
         for i, home in enumerate(homes):
             book = self.ledger.books[i]
-            fees = sum(g.fee_wei for g in outcome.gas if g.sender == home)
+            # Gas is paid in the native coin: it shows in the wallet only when that is the currency.
+            fees = sum(g.fee_wei for g in outcome.gas if g.sender == home) if self.market.token is None else 0
             outcome.balances.append(BalanceCheck(i, wallets[i], end_wallets[i], fees, book.earned_wei, book.paid_wei))
         return outcome
 

@@ -52,10 +52,13 @@ class PlainView:
 class LiveView:
     """A live screen: progress, this timestep's offers, the connections, each home's trading, recent events."""
 
-    def __init__(self, console: Console, kinds: list[str]) -> None:
+    def __init__(self, console: Console, kinds: list[str], symbol: str = "ETH") -> None:
         self._console = console
         self._ledger = Ledger([], [], [], 0)
         self._kinds = kinds
+        self._symbol = symbol
+        # prices in 10^-9 of the currency per kWh (gwei for ETH; the demo token has 18 decimals too)
+        self._per_kwh = "gwei/kWh" if symbol == "ETH" else f"n{symbol}/kWh"
         self._recent: deque[str] = deque(maxlen=RECENT_LINES)
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -96,8 +99,17 @@ class LiveView:
 
     def _offers(self) -> Table:
         table = Table(title="offers", title_justify="left", expand=True)
-        for column in ("id", "seller", "Wh", "start gwei/kWh", "highest gwei/kWh", "bidder", "bids", "status"):
-            table.add_column(column, justify="right" if column in ("Wh", "bids") or "gwei" in column else "left")
+        for column in (
+            "id",
+            "seller",
+            "Wh",
+            f"start {self._per_kwh}",
+            f"highest {self._per_kwh}",
+            "bidder",
+            "bids",
+            "status",
+        ):
+            table.add_column(column, justify="right" if column in ("Wh", "bids") or "/kWh" in column else "left")
         names = self._ledger.names
         latest = max((o.step for o in self._ledger.offers.values()), default=0)
         for offer in self._ledger.offers.values():
@@ -116,7 +128,15 @@ class LiveView:
 
     def _connections(self) -> Table:
         table = Table(title="connections", title_justify="left", expand=True)
-        for column in ("id", "seller → buyer", "gwei/kWh", "cap Wh", "delivered Wh", "paid ETH", "status"):
+        for column in (
+            "id",
+            "seller → buyer",
+            self._per_kwh,
+            "cap Wh",
+            "delivered Wh",
+            f"paid {self._symbol}",
+            "status",
+        ):
             table.add_column(column, justify="left" if column in ("id", "seller → buyer", "status") else "right")
         names = self._ledger.names
         connections = sorted(self._ledger.connections.values(), key=lambda c: (not c.open, -c.id))
@@ -137,7 +157,7 @@ class LiveView:
     def _homes(self) -> Table:
         self._ledger.settle_books()
         table = Table(title="payments", title_justify="left", expand=True)
-        for column in ("home", "kind", "sold kWh", "bought kWh", "earned ETH", "paid ETH"):
+        for column in ("home", "kind", "sold kWh", "bought kWh", f"earned {self._symbol}", f"paid {self._symbol}"):
             table.add_column(column, justify="left" if column in ("home", "kind") else "right")
         for name, kind, book in zip(self._ledger.names, self._kinds, self._ledger.books, strict=True):
             table.add_row(

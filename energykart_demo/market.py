@@ -18,6 +18,7 @@ from web3.contract.async_contract import AsyncContractFunction
 from web3.exceptions import ContractCustomError, ContractLogicError
 from web3.types import RPCEndpoint, TxParams, TxReceipt, Wei
 
+from devchain.deploy import NATIVE, token_artifact
 from oracle.chain import ABI, MarketClient, MarketLog, Status, revert_name
 
 EVENT_NAMES = tuple(item["name"] for item in ABI if item["type"] == "event")
@@ -59,11 +60,16 @@ class GasUse:
 class Market:
     """One deployed EnergyMarket, driven from the demo."""
 
-    def __init__(self, session: aiohttp.ClientSession, rpc_url: str, address: ChecksumAddress) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, rpc_url: str, address: ChecksumAddress, currency: str = NATIVE
+    ) -> None:
         self.client = MarketClient(session, rpc_url, address)
         self.w3 = self.client.w3
         self.contract = self.client.contract
         self.address = address
+        self.token = (
+            None if int(currency, 16) == 0 else self.w3.eth.contract(address=currency, abi=token_artifact()["abi"])  # type: ignore[call-overload]
+        )
 
     # ------------------------------------------------------------------ transactions
 
@@ -86,7 +92,11 @@ class Market:
 
     async def bid(self, buyer: ChecksumAddress, offer_id: int, price: int, energy_wh: int, meter: str) -> TxReceipt:
         escrow = (price * energy_wh + 999) // 1000  # the contract's escrowFor, rounded up
-        return await self.send(buyer, self.contract.functions.bid(offer_id, price, meter), escrow)
+        if self.token is None:
+            return await self.send(buyer, self.contract.functions.bid(offer_id, price, meter), escrow)
+        # A token market pulls the escrow: approve exactly it, never more.
+        await self.send(buyer, self.token.functions.approve(self.address, escrow))
+        return await self.send(buyer, self.contract.functions.bid(offer_id, price, meter))
 
     async def close(self, buyer: ChecksumAddress, connection_id: int) -> TxReceipt:
         return await self.send(buyer, self.contract.functions.closeConnection(connection_id))
@@ -147,7 +157,10 @@ class Market:
                 return int(bid_escrow) + escrow, int(credit) + unclaimed, ids
 
     async def balance(self, account: str) -> int:
-        return int(await self.w3.eth.get_balance(account))  # type: ignore[arg-type]
+        """The account's balance of the market's currency."""
+        if self.token is None:
+            return int(await self.w3.eth.get_balance(account))  # type: ignore[arg-type]
+        return int(await self.token.functions.balanceOf(account).call())
 
     async def head(self) -> int:
         return int(await self.w3.eth.block_number)

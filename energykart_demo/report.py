@@ -56,7 +56,7 @@ def build_report(outcome: DayOutcome, devnet: Devnet, days: list[HomeDay], steps
                 "outbid_refund_wei": book.outbid_wei,
                 "connection_refund_wei": book.refund_wei,
                 "withdrawn_wei": book.withdrawn_wei,
-                "gas_fees_wei": balance.fees_wei,
+                "gas_fees_wei": sum(g.fee_wei for g in outcome.gas if g.sender == devnet.homes[i]),
                 "balance_change_wei": balance.end_wei - balance.start_wei,
                 "balance_ok": balance.ok,
             }
@@ -110,6 +110,7 @@ def build_report(outcome: DayOutcome, devnet: Devnet, days: list[HomeDay], steps
             ],
             "balances_ok": all(b.ok for b in outcome.balances),
         },
+        "currency": {"address": devnet.currency, "symbol": devnet.symbol, "decimals": 18},
         "offers": len(ledger.offers),
         "bids": sum(o.bids for o in ledger.offers.values()),
         "outbids": ledger.outbids,
@@ -128,7 +129,8 @@ def write_report(report: dict[str, Any], path: Path) -> None:
 
 def print_summary(console: Console, report: dict[str, Any]) -> None:
     homes = Table(title="homes", title_justify="left")
-    for column in ("home", "kind", "sold kWh", "bought kWh", "earned ETH", "paid ETH", "balance ok"):
+    symbol = report["currency"]["symbol"]
+    for column in ("home", "kind", "sold kWh", "bought kWh", f"earned {symbol}", f"paid {symbol}", "balance ok"):
         homes.add_column(column, justify="left" if column in ("home", "kind") else "right")
     for home in report["homes"]:
         homes.add_row(
@@ -149,16 +151,18 @@ def print_summary(console: Console, report: dict[str, Any]) -> None:
     console.print(homes)
     console.print(gas)
     prices = [t["clearing_price_wei_per_kwh"] for t in report["timesteps"] if t["clearing_price_wei_per_kwh"]]
-    price_range = f"{gwei(min(prices))}-{gwei(max(prices))} gwei/kWh" if prices else "no trades"
+    unit = "gwei" if symbol == "ETH" else f"n{symbol}"  # 10^-9 of the currency, both with 18 decimals
+    price_range = f"{gwei(min(prices))}-{gwei(max(prices))} {unit}/kWh" if prices else "no trades"
     console.print(
         f"traded {report['energy_traded_wh'] / 1000:.3f} kWh over {len(report['trades'])} connections "
         f"({report['offers']} offers, {report['bids']} bids, {report['outbids']} outbid), "
-        f"paid {eth(report['payments_wei'])} ETH, prices {price_range}; "
+        f"paid {eth(report['payments_wei'])} {symbol}, prices {price_range}; "
         f"{report['readings_settled']} signed readings settled by the oracle",
         highlight=False,
     )
     verdict = "[green]OK[/green]" if report["conservation_ok"] else "[red]FAILED[/red]"
     console.print(
         f"conservation {verdict}: contract balance == escrows + credits after each of "
-        f"{report['conservation']['checks']} checks; every wallet changed by exactly its payments less gas"
+        f"{report['conservation']['checks']} checks; every wallet changed by exactly its payments"
+        + (" less gas" if symbol == "ETH" else f" (gas is paid in ETH, apart from the {symbol} wallets)")
     )

@@ -137,6 +137,23 @@ class SessionProvider(AsyncJSONBaseProvider):
         return "result" in response
 
 
+# The ERC-20 metadata the oracle shows for a token market (`/healthz`).
+_ERC20_METADATA: list[dict[str, Any]] = [
+    {"type": "function", "name": name, "stateMutability": "view", "inputs": [], "outputs": [{"name": "", "type": kind}]}
+    for name, kind in (("symbol", "string"), ("decimals", "uint8"))
+]
+NATIVE_CURRENCY = "0x0000000000000000000000000000000000000000"
+
+
+@dataclass(frozen=True, slots=True)
+class Currency:
+    """What the market settles in: the native coin (the zero address) or an ERC-20 token."""
+
+    address: str
+    symbol: str
+    decimals: int
+
+
 @dataclass(frozen=True, slots=True)
 class MeterView:
     registered: bool
@@ -220,6 +237,16 @@ class MarketClient:
 
     async def timestep(self) -> int:
         return int(await self._call(self.contract.functions.timestep().call()))
+
+    async def currency(self) -> Currency:
+        """The market's currency, with the token's symbol and decimals (native: ETH, 18)."""
+        address = str(await self._call(self.contract.functions.currency().call()))
+        if int(address, 16) == 0:
+            return Currency(NATIVE_CURRENCY, "ETH", 18)
+        token = self.w3.eth.contract(address=AsyncWeb3.to_checksum_address(address), abi=_ERC20_METADATA)
+        symbol = await self._call(token.functions.symbol().call())
+        decimals = await self._call(token.functions.decimals().call())
+        return Currency(address, str(symbol), int(decimals))
 
     async def meters(self, meters: Sequence[str]) -> dict[str, MeterView]:
         """meterOf of many meters, in JSON-RPC batches."""

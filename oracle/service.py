@@ -21,7 +21,7 @@ import aiohttp
 from aiohttp import web
 
 from oracle.api import ApiContext, build_app
-from oracle.chain import ChainError, ContractRejected, MarketClient
+from oracle.chain import ChainError, ContractRejected, Currency, MarketClient
 from oracle.config import Config, ConfigError
 from oracle.ingest import Ingest
 from oracle.keeper import Keeper
@@ -50,7 +50,7 @@ class OracleService:
         self._tasks: list[asyncio.Task[None]] = []
         self.timestep = config.timestep or 0
 
-    async def _reach_node(self) -> tuple[int, int]:
+    async def _reach_node(self) -> tuple[int, int, Currency]:
         """Chain id and the contract's timestep, waiting for the node as long as it takes."""
         delay = MIN_BACKOFF
         while True:
@@ -61,14 +61,14 @@ class OracleService:
                         f"--contract: no EnergyMarket at {self.config.contract} on chain {chain_id}; "
                         "check the address and --rpc-url"
                     )
-                return chain_id, await self.client.timestep()
+                return chain_id, await self.client.timestep(), await self.client.currency()
             except ChainError as err:
                 _LOGGER.warning("node at %s not reachable (%s); retrying in %.0f s", self.config.rpc_url, err, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF)
 
     async def start(self) -> None:
-        chain_id, grace = await self._reach_node()
+        chain_id, grace, currency = await self._reach_node()
         self.timestep = self.config.timestep or grace
         try:
             self.store = ReadingStore(self.config.db)
@@ -92,6 +92,7 @@ class OracleService:
             "contract": self.config.contract,
             "relayer": self.config.relayer_key.address,
             "timestep": self.timestep,
+            "currency": {"address": currency.address, "symbol": currency.symbol, "decimals": currency.decimals},
         }
         ctx = ApiContext(
             ingest=self.ingest,

@@ -13,7 +13,7 @@ import pytest
 from web3 import Web3
 
 from devchain.anvil import REPO_ROOT, Anvil
-from devchain.deploy import market_at
+from devchain.deploy import market_at, token_artifact
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -31,11 +31,15 @@ def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
 
 
-@pytest.fixture(scope="module")
-def day(anvil: Anvil, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path, str]:
-    """Three homes, six timesteps, on the shared anvil: the report, its path and the console output."""
+@pytest.fixture(scope="module", params=["native", "token"])
+def day(
+    request: pytest.FixtureRequest, anvil: Anvil, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[dict[str, Any], Path, str]:
+    """Three homes, six timesteps, on the shared anvil, settled in the native coin or in an ERC-20
+    token: the report, its path and the console output."""
     report_path = tmp_path_factory.mktemp("demo") / "report.json"
-    result = run_demo("--homes", "3", "--steps", "6", "--no-live", "--rpc-url", anvil.url, "--report", str(report_path))
+    args = ("--homes", "3", "--steps", "6", "--no-live", "--rpc-url", anvil.url, "--report", str(report_path))
+    result = run_demo(*args, "--currency", request.param)
     assert result.returncode == 0, result.stdout + result.stderr
     return json.loads(report_path.read_text()), report_path, result.stdout
 
@@ -72,7 +76,15 @@ def test_payments_match_the_chain(day, anvil: Anvil) -> None:
     assert report["payments_wei"] == sum(expected.values())
     assert report["energy_traded_wh"] == sum(e["deliveredWh"] for e in ended.values())
     assert {t["connection"]: t["paid_wei"] for t in report["trades"]} == expected
-    assert market.w3.eth.get_balance(market.address) == 0  # everyone withdrew
+    currency = report["currency"]
+    if int(currency["address"], 16) == 0:
+        assert currency["symbol"] == "ETH"
+        assert market.w3.eth.get_balance(market.address) == 0  # everyone withdrew
+    else:
+        assert currency["symbol"] == "EURe"
+        assert market.functions.currency().call() == currency["address"]
+        token = market.w3.eth.contract(address=currency["address"], abi=token_artifact()["abi"])
+        assert token.functions.balanceOf(market.address).call() == 0  # everyone withdrew, in the token
 
 
 def test_gas_is_reported_per_operation(day) -> None:

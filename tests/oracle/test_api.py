@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import count
 from typing import Any
 
@@ -13,9 +13,10 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
+from devchain.deploy import deploy_market, deploy_token
 from oracle.readings import Domain, SignedReading, sign_reading
 from tests.chain import Chain
-from tests.oracle.conftest import Oracle, funded_account, http, make_chain
+from tests.oracle.conftest import GRACE, Oracle, funded_account, http, make_chain
 
 MAX_BODY = 64 * 1024
 
@@ -97,12 +98,31 @@ def test_health_and_metrics(env: Env) -> None:
     assert health["headBlock"] == env.chain.w3.eth.block_number
     assert health["contract"] == env.chain.market.address
     assert {"queueDepth", "settlementLagSeconds"} <= health.keys()
+    assert health["currency"] == {"address": "0x" + "00" * 20, "symbol": "ETH", "decimals": 18}
     env.oracle.post(b"{")
     status, text = http("GET", env.oracle.url + "/metrics")
     assert status == 200
     assert 'energykart_oracle_readings_rejected_total{reason="invalid_json"}' in text
     assert "energykart_oracle_readings_accepted_total" in text
     assert "energykart_oracle_settle_gas_used_total" in text
+
+
+def test_health_shows_a_token_markets_currency(w3: Web3, start_oracle: Callable[..., Oracle]) -> None:
+    """A market settling in an ERC-20 token: /healthz names the token, its symbol and decimals, and
+    the oracle relays readings exactly as for a native market."""
+    base = make_chain(w3)
+    token = deploy_token(w3, base.registrar, name="Test Dollar", symbol="USDT", decimals=6)
+    market = deploy_market(w3, base.registrar, timestep=GRACE, currency=token.address)
+    chain = replace(base, market=market, domain=Domain(chain_id=w3.eth.chain_id, contract=market.address))
+    oracle = start_oracle(chain)
+    status, health = oracle.health()
+    assert status == 200
+    assert health["currency"] == {"address": token.address, "symbol": "USDT", "decimals": 6}
+    meter = chain.new_meter(chain.accounts[2])
+    oracle.sync(chain)
+    reading = sign_reading(meter.key, chain.domain, 1000, chain.now())
+    assert oracle.post(reading.to_json())[0] == 202
+    assert oracle.tick()["relayer"]["settled"] == 1
 
 
 def _with(reading: SignedReading, **changes: Any) -> dict[str, Any]:

@@ -325,6 +325,12 @@ async def add_energykart(session: aiohttp.ClientSession, base_url: str, token: s
         f"{base_url}/api/config/config_entries/flow/{form['flow_id']}", headers=headers, json=user_input
     ) as response:
         result = await _json(response)
+    if result["type"] == "form" and str(result.get("step_id", "")).startswith("confirm_"):
+        # The flow shows the market's currency for the user to confirm.
+        async with session.post(
+            f"{base_url}/api/config/config_entries/flow/{form['flow_id']}", headers=headers, json={}
+        ) as response:
+            result = await _json(response)
     if result["type"] != "create_entry":
         raise RuntimeError(f"the Energy-Kart config flow did not create an entry: {result}")
     entry_id: str = result["result"]["entry_id"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict
 from typing import Any
 
 import voluptuous as vol
@@ -22,13 +23,14 @@ from homeassistant.helpers.selector import (
 )
 from web3 import Web3
 
-from .client import EnergyKartClient, EnergyKartConnectionError, NoContractError, WrongContractError, is_private_key
+from .client import EnergyKartClient, is_private_key
 from .const import (
     CONF_ACCOUNT,
     CONF_BATTERY_POWER,
     CONF_BATTERY_SOC,
     CONF_CHAIN_ID,
     CONF_CONTRACT_ADDRESS,
+    CONF_CURRENCY,
     CONF_GRID_EXPORT,
     CONF_HOUSE_CONSUMPTION,
     CONF_METER_ADDRESS,
@@ -43,6 +45,8 @@ from .const import (
     MIN_SCAN_INTERVAL_SECONDS,
     SOURCE_ENTITIES,
 )
+from .currency import Currency
+from .errors import EnergyKartConnectionError, NoContractError, UnsupportedCurrencyError, WrongContractError
 
 _URL = TextSelector(TextSelectorConfig(type=TextSelectorType.URL))
 _TEXT = TextSelector()
@@ -103,14 +107,16 @@ async def _check_market(
     meter: str | None,
     errors: dict[str, str],
     chain_id: int | None = None,
-) -> tuple[int, int] | None:
-    """Check node, chain, contract and meter; return (chain id, current block) or None with errors set."""
+) -> tuple[int, int, Currency] | None:
+    """Check node, chain, contract, currency and meter; return (chain id, current block, currency)
+    or None with errors set."""
     client = EnergyKartClient(async_get_clientsession(hass), rpc_url, contract, account)
     try:
         if chain_id is not None and await client.chain_id() != chain_id:
             errors[CONF_RPC_URL] = "wrong_chain"
             return None
         chain_id = await client.validate()
+        currency = await client.load_currency()
         block = await client.block_number()
         if meter and await client.meter_owner(meter) != account:
             errors[CONF_METER_ADDRESS] = "meter_not_owned"
@@ -124,7 +130,10 @@ async def _check_market(
     except WrongContractError:
         errors[CONF_CONTRACT_ADDRESS] = "wrong_contract"
         return None
-    return chain_id, block
+    except UnsupportedCurrencyError:
+        errors[CONF_CONTRACT_ADDRESS] = "unsupported_currency"
+        return None
+    return chain_id, block, currency
 
 
 def _meter(user_input: Mapping[str, Any], errors: dict[str, str]) -> str | None:
@@ -142,6 +151,9 @@ class EnergyKartConfigFlow(ConfigFlow, domain=DOMAIN):
 
     VERSION = 1
 
+    def __init__(self) -> None:
+        self._pending: tuple[str, dict[str, Any], dict[str, Any]] | None = None  # title, data, options
+
     async def async_step_user(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
         """Ask for the node, the market and the account."""
         errors: dict[str, str] = {}
@@ -155,7 +167,7 @@ class EnergyKartConfigFlow(ConfigFlow, domain=DOMAIN):
                 contract = str(Web3.to_checksum_address(contract))
                 checked = await _check_market(self.hass, user_input[CONF_RPC_URL], contract, account, meter, errors)
                 if checked is not None:
-                    chain_id, block = checked
+                    chain_id, block, currency = checked
                     await self.async_set_unique_id(f"{chain_id}_{contract.lower()}_{account.lower()}")
                     self._abort_if_unique_id_configured()
                     data = {
@@ -164,6 +176,7 @@ class EnergyKartConfigFlow(ConfigFlow, domain=DOMAIN):
                         CONF_ACCOUNT: account,
                         CONF_CHAIN_ID: chain_id,
                         CONF_START_BLOCK: block,
+                        CONF_CURRENCY: asdict(currency),
                     }
                     if key := user_input.get(CONF_PRIVATE_KEY, "").strip():
                         data[CONF_PRIVATE_KEY] = key
@@ -173,14 +186,35 @@ class EnergyKartConfigFlow(ConfigFlow, domain=DOMAIN):
                     }
                     if meter:
                         options[CONF_METER_ADDRESS] = meter
-                    return self.async_create_entry(
-                        title=f"Energy-Kart {short_address(account)}", data=data, options=options
+                    self._pending = (f"Energy-Kart {short_address(account)}", data, options)
+                    return await (
+                        self.async_step_confirm_native() if currency.is_native else self.async_step_confirm_token()
                     )
         return self.async_show_form(
             step_id="user",
             data_schema=self.add_suggested_values_to_schema(USER_SCHEMA, user_input),
             errors=errors,
         )
+
+    async def async_step_confirm_native(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        """Show that the market settles in the chain's native coin."""
+        return self._confirm("confirm_native", user_input)
+
+    async def async_step_confirm_token(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        """Show the token the market settles in."""
+        return self._confirm("confirm_token", user_input)
+
+    def _confirm(self, step_id: str, user_input: dict[str, Any] | None) -> ConfigFlowResult:
+        """Show the market's currency; make the entry once the user confirms."""
+        assert self._pending is not None, "the user step comes first"
+        title, data, options = self._pending
+        if user_input is not None:
+            return self.async_create_entry(title=title, data=data, options=options)
+        currency = data[CONF_CURRENCY]
+        placeholders = {"symbol": currency["symbol"], "contract": data[CONF_CONTRACT_ADDRESS]}
+        if currency["token"] is not None:
+            placeholders |= {"token": currency["token"], "decimals": str(currency["decimals"])}
+        return self.async_show_form(step_id=step_id, data_schema=vol.Schema({}), description_placeholders=placeholders)
 
     async def async_step_reauth(self, entry_data: Mapping[str, Any]) -> ConfigFlowResult:
         """Start re-authentication: a new private key for the same account."""

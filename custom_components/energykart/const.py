@@ -13,6 +13,7 @@ CONF_CONTRACT_ADDRESS: Final = "contract_address"
 CONF_PRIVATE_KEY: Final = "private_key"
 CONF_ACCOUNT: Final = "account"
 CONF_CHAIN_ID: Final = "chain_id"
+CONF_CURRENCY: Final = "currency"
 CONF_START_BLOCK: Final = "start_block"
 CONF_RPC_URL: Final = "rpc_url"
 CONF_METER_ADDRESS: Final = "meter_address"
@@ -38,7 +39,6 @@ MAX_SCAN_INTERVAL_SECONDS: Final = 3600
 # The first page of open offers is fetched in every update; the count covers the rest.
 OFFER_PAGE_SIZE: Final = 100
 MAX_BIDDING_MINUTES: Final = 30 * 24 * 60
-WEI_PER_ETH: Final = 10**18
 ZERO_ADDRESS: Final = "0x0000000000000000000000000000000000000000"
 # Logs of this many recent blocks are read again in every update, so an update sees what a
 # reorganisation of the chain's last blocks changed.

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from eth_typing import ChecksumAddress
 from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import HomeAssistant
+from homeassistant.exceptions import ConfigEntryError
 from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
 from homeassistant.helpers.update_coordinator import DataUpdateCoordinator, UpdateFailed
 from web3.exceptions import ContractLogicError, Web3Exception, Web3RPCError
 
-from .client import Connection, EnergyKartClient, EnergyKartError, MarketEvent, MarketRead, Offer, Status
+from .client import EnergyKartClient, MarketEvent, MarketRead
 from .const import (
     CONF_ACCOUNT,
     CONF_CONTRACT_ADDRESS,
+    CONF_CURRENCY,
     CONF_PRIVATE_KEY,
     CONF_RPC_URL,
     CONF_SCAN_INTERVAL,
@@ -31,19 +33,22 @@ from .const import (
     EVENT_SETTLED,
     LOGGER,
     REORG_WINDOW,
-    WEI_PER_ETH,
 )
+from .contract import Connection, Offer, Status
+from .currency import Currency
+from .errors import EnergyKartConnectionError, EnergyKartError, UnsupportedCurrencyError, WrongContractError
 
 type EnergyKartConfigEntry = ConfigEntry[EnergyKartCoordinator]
 
 
 @dataclass(frozen=True, slots=True)
 class EnergyKartData:
-    """The market as seen by one account after an update."""
+    """The market as seen by one account after an update; money in the currency's smallest unit."""
 
     account: str
     block: int
     balance_wei: int
+    gas_balance_wei: int
     credit_wei: int
     escrow_wei: int
     open_offers: tuple[Offer, ...]
@@ -61,10 +66,6 @@ class _History:
 
     roles: dict[int, tuple[str, str]] = field(default_factory=dict)
     ended: dict[int, tuple[int, int]] = field(default_factory=dict)
-
-
-def wei_to_eth(wei: int) -> float:
-    return wei / WEI_PER_ETH
 
 
 class EnergyKartCoordinator(DataUpdateCoordinator[EnergyKartData]):
@@ -96,6 +97,34 @@ class EnergyKartCoordinator(DataUpdateCoordinator[EnergyKartData]):
         self._connections: set[int] = set()
         self._meters: dict[int, str] = {}
         self._replaying = True  # the first update reads past logs without firing events
+
+    @property
+    def currency(self) -> Currency:
+        return self.client.currency
+
+    async def _async_setup(self) -> None:
+        """Read the market's currency, once: it is fixed at deployment."""
+        entry = self.config_entry
+        try:
+            currency = await self.client.load_currency()
+        except EnergyKartConnectionError as err:
+            raise UpdateFailed(
+                translation_domain=DOMAIN, translation_key="update_failed", translation_placeholders={"error": str(err)}
+            ) from err
+        except WrongContractError as err:
+            raise ConfigEntryError(
+                translation_domain=DOMAIN,
+                translation_key="wrong_contract",
+                translation_placeholders={"contract": entry.data[CONF_CONTRACT_ADDRESS]},
+            ) from err
+        except UnsupportedCurrencyError as err:
+            raise ConfigEntryError(
+                translation_domain=DOMAIN,
+                translation_key="unsupported_currency",
+                translation_placeholders={"token": err.token},
+            ) from err
+        if entry.data.get(CONF_CURRENCY) != asdict(currency):  # entries made before currencies were shown
+            self.hass.config_entries.async_update_entry(entry, data={**entry.data, CONF_CURRENCY: asdict(currency)})
 
     async def _async_update_data(self) -> EnergyKartData:
         try:
@@ -189,6 +218,7 @@ class EnergyKartCoordinator(DataUpdateCoordinator[EnergyKartData]):
     def _fire_events(self, events: tuple[MarketEvent, ...], connections: dict[int, Connection]) -> None:
         entry_id = self.config_entry.entry_id
         bus = self.hass.bus
+        currency = self.currency
         for event in events:
             args = event.args
             if event.name == "OfferCreated":
@@ -199,14 +229,20 @@ class EnergyKartCoordinator(DataUpdateCoordinator[EnergyKartData]):
                         "offer_id": args["id"],
                         "mine": args["seller"] == self.account,
                         "energy_kwh": args["energyWh"] / 1000,
-                        "start_price_per_kwh": wei_to_eth(args["startPricePerKWh"]),
+                        "start_price_per_kwh": currency.value(args["startPricePerKWh"]),
+                        "currency": currency.symbol,
                         "bidding_ends": args["biddingEnds"],
                     },
                 )
             elif event.name == "Outbid" and args["bidder"] == self.account:
                 bus.async_fire(
                     EVENT_OUTBID,
-                    {"config_entry_id": entry_id, "offer_id": args["id"], "refund": wei_to_eth(args["refundWei"])},
+                    {
+                        "config_entry_id": entry_id,
+                        "offer_id": args["id"],
+                        "refund": currency.value(args["refundWei"]),
+                        "currency": currency.symbol,
+                    },
                 )
             elif event.name == "ConnectionOpened" and (role := self._role(args["id"])):
                 bus.async_fire(
@@ -215,7 +251,8 @@ class EnergyKartCoordinator(DataUpdateCoordinator[EnergyKartData]):
                         "config_entry_id": entry_id,
                         "offer_id": args["id"],
                         "role": role,
-                        "price_per_kwh": wei_to_eth(args["pricePerKWh"]),
+                        "price_per_kwh": currency.value(args["pricePerKWh"]),
+                        "currency": currency.symbol,
                         "energy_kwh": args["capWh"] / 1000,
                     },
                 )
@@ -243,7 +280,8 @@ class EnergyKartCoordinator(DataUpdateCoordinator[EnergyKartData]):
                 "connection_id": connection_id,
                 "role": role,
                 "delivered_kwh": delivered_wh / 1000,
-                "paid": wei_to_eth(paid_wei),
+                "paid": self.currency.value(paid_wei),
+                "currency": self.currency.symbol,
                 "final": final,
             },
         )
@@ -268,6 +306,7 @@ class EnergyKartCoordinator(DataUpdateCoordinator[EnergyKartData]):
             account=self.account,
             block=read.block,
             balance_wei=read.balance_wei,
+            gas_balance_wei=read.gas_balance_wei,
             credit_wei=read.credit_wei,
             escrow_wei=read.escrow_wei,
             open_offers=read.open_offers,
@@ -289,13 +328,14 @@ class EnergyKartCoordinator(DataUpdateCoordinator[EnergyKartData]):
                     registry.async_update_device(device.id, remove_config_entry_id=self.config_entry.entry_id)
 
     def describe_offer(self, offer: Offer) -> dict[str, Any]:
-        """An offer as actions and attributes show it (prices in ETH per kWh)."""
+        """An offer as actions and attributes show it (prices in the currency per kWh)."""
+        currency = self.currency
         return {
             "offer_id": offer.id,
             "mine": offer.seller == self.account,
             "energy_kwh": offer.energy_wh / 1000,
-            "start_price_per_kwh": wei_to_eth(offer.start_price),
-            "highest_bid_per_kwh": wei_to_eth(offer.highest_price) if offer.highest_price else None,
-            "min_next_bid_per_kwh": wei_to_eth(offer.min_next_bid),
+            "start_price_per_kwh": currency.value(offer.start_price),
+            "highest_bid_per_kwh": currency.value(offer.highest_price) if offer.highest_price else None,
+            "min_next_bid_per_kwh": currency.value(offer.min_next_bid),
             "bidding_ends": offer.bidding_ends,
         }

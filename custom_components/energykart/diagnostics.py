@@ -1,4 +1,5 @@
-"""Diagnostics: the entry and the last update, with the key and every address redacted."""
+"""Diagnostics: the entry, the currency and the last update, with the key and every account, meter and
+market address redacted (the currency's token is public, and tells what the amounts are in)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ async def async_get_config_entry_diagnostics(hass: HomeAssistant, entry: EnergyK
         "entry": async_redact_data(entry.as_dict(), TO_REDACT),
         "last_update_success": coordinator.last_update_success,
         "can_trade": coordinator.client.can_trade,
+        "currency": asdict(coordinator.currency),
+        "bids_with_permit": coordinator.client.takes_permits,
         "data": async_redact_data(
             {
                 **data,

@@ -6,8 +6,8 @@ from homeassistant.config_entries import ConfigEntry
 from homeassistant.helpers.device_registry import DeviceEntryType, DeviceInfo
 from homeassistant.helpers.update_coordinator import CoordinatorEntity
 
-from .client import Connection
 from .const import DOMAIN
+from .contract import Connection
 from .coordinator import EnergyKartCoordinator
 
 

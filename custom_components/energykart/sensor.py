@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from enum import StrEnum
 from typing import Any
 
 from homeassistant.components.sensor import (
@@ -26,14 +27,21 @@ from homeassistant.helpers.event import async_track_state_change_event
 from homeassistant.helpers.typing import StateType
 from homeassistant.util.unit_conversion import PowerConverter
 
-from .client import Connection
 from .const import CONF_BATTERY_SOC, CONF_GRID_EXPORT, CONF_HOUSE_CONSUMPTION, CONF_SOLAR_POWER
-from .coordinator import EnergyKartConfigEntry, EnergyKartCoordinator, EnergyKartData, wei_to_eth
+from .contract import Connection
+from .coordinator import EnergyKartConfigEntry, EnergyKartCoordinator, EnergyKartData
+from .currency import NATIVE, Currency
 from .entity import EnergyKartConnectionEntity, EnergyKartEntity
 
 PARALLEL_UPDATES = 0
-ETH = "ETH"
-ETH_PER_KWH = "ETH/kWh"
+
+
+class Money(StrEnum):
+    """What a sensor's value is, when it is money; its value_fn gives it in smallest units."""
+
+    AMOUNT = "amount"  # of the market's currency
+    PRICE = "price"  # of the market's currency per kWh
+    GAS = "gas"  # of the chain's native coin, which pays for gas in either kind of market
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,6 +49,7 @@ class EnergyKartSensorEntityDescription(SensorEntityDescription):
     """A wallet or market sensor, read from the coordinator's data."""
 
     value_fn: Callable[[EnergyKartData], StateType]
+    money: Money | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,20 +57,42 @@ class ConnectionSensorEntityDescription(SensorEntityDescription):
     """A sensor of one connection."""
 
     value_fn: Callable[[Connection], StateType]
+    money: Money | None = None
 
 
-def _best_open_price(data: EnergyKartData) -> float | None:
+def _best_open_price(data: EnergyKartData) -> int | None:
     prices = [offer.min_next_bid for offer in data.open_offers if offer.seller != data.account]
-    return wei_to_eth(min(prices)) if prices else None
+    return min(prices) if prices else None
 
 
-def _highest_bid_on_mine(data: EnergyKartData) -> float | None:
+def _highest_bid_on_mine(data: EnergyKartData) -> int | None:
     bids = [offer.highest_price for offer in data.my_offers.values() if offer.highest_price]
-    return wei_to_eth(max(bids)) if bids else None
+    return max(bids) if bids else None
 
 
-def _eth(**kwargs: Any) -> dict[str, Any]:
-    return {"native_unit_of_measurement": ETH, "suggested_display_precision": 6, **kwargs}
+def _in_currency[D: EnergyKartSensorEntityDescription | ConnectionSensorEntityDescription](
+    description: D, market: Currency
+) -> D:
+    """The description with the unit and display precision of its money: `EURe`, `EURe/kWh`, `ETH`."""
+    if description.money is None:
+        return description
+    currency = NATIVE if description.money is Money.GAS else market
+    if description.money is Money.PRICE:
+        return replace(
+            description,
+            native_unit_of_measurement=currency.price_unit,
+            suggested_display_precision=min(currency.decimals, 9),
+        )
+    return replace(
+        description, native_unit_of_measurement=currency.symbol, suggested_display_precision=min(currency.decimals, 6)
+    )
+
+
+def _shown(value: StateType, money: Money | None, market: Currency) -> StateType:
+    """A value_fn's value as the state shows it: money in its currency rather than smallest units."""
+    if money is None or value is None:
+        return value
+    return (NATIVE if money is Money.GAS else market).value(int(value))
 
 
 SENSORS: tuple[EnergyKartSensorEntityDescription, ...] = (
@@ -69,36 +100,34 @@ SENSORS: tuple[EnergyKartSensorEntityDescription, ...] = (
         key="wallet_balance",
         translation_key="wallet_balance",
         state_class=SensorStateClass.MEASUREMENT,
-        value_fn=lambda data: wei_to_eth(data.balance_wei),
-        **_eth(),
+        value_fn=lambda data: data.balance_wei,
+        money=Money.AMOUNT,
     ),
     EnergyKartSensorEntityDescription(
         key="credit",
         translation_key="credit",
         state_class=SensorStateClass.MEASUREMENT,
-        value_fn=lambda data: wei_to_eth(data.credit_wei),
-        **_eth(),
+        value_fn=lambda data: data.credit_wei,
+        money=Money.AMOUNT,
     ),
     EnergyKartSensorEntityDescription(
         key="escrow",
         translation_key="escrow",
         state_class=SensorStateClass.MEASUREMENT,
-        value_fn=lambda data: wei_to_eth(data.escrow_wei),
-        **_eth(),
+        value_fn=lambda data: data.escrow_wei,
+        money=Money.AMOUNT,
     ),
     EnergyKartSensorEntityDescription(
         key="best_open_price",
         translation_key="best_open_price",
-        native_unit_of_measurement=ETH_PER_KWH,
-        suggested_display_precision=9,
         value_fn=_best_open_price,
+        money=Money.PRICE,
     ),
     EnergyKartSensorEntityDescription(
         key="highest_bid_on_my_offer",
         translation_key="highest_bid_on_my_offer",
-        native_unit_of_measurement=ETH_PER_KWH,
-        suggested_display_precision=9,
         value_fn=_highest_bid_on_mine,
+        money=Money.PRICE,
     ),
     EnergyKartSensorEntityDescription(
         key="energy_sold",
@@ -122,15 +151,15 @@ SENSORS: tuple[EnergyKartSensorEntityDescription, ...] = (
         key="earnings",
         translation_key="earnings",
         state_class=SensorStateClass.TOTAL_INCREASING,
-        value_fn=lambda data: wei_to_eth(data.earnings_wei),
-        **_eth(),
+        value_fn=lambda data: data.earnings_wei,
+        money=Money.AMOUNT,
     ),
     EnergyKartSensorEntityDescription(
         key="spending",
         translation_key="spending",
         state_class=SensorStateClass.TOTAL_INCREASING,
-        value_fn=lambda data: wei_to_eth(data.spending_wei),
-        **_eth(),
+        value_fn=lambda data: data.spending_wei,
+        money=Money.AMOUNT,
     ),
     EnergyKartSensorEntityDescription(
         key="block",
@@ -139,6 +168,16 @@ SENSORS: tuple[EnergyKartSensorEntityDescription, ...] = (
         entity_registry_enabled_default=False,
         value_fn=lambda data: data.block,
     ),
+)
+
+# In a token market the wallet balance is of the token; gas is still paid in the native coin.
+GAS_BALANCE = EnergyKartSensorEntityDescription(
+    key="gas_balance",
+    translation_key="gas_balance",
+    state_class=SensorStateClass.MEASUREMENT,
+    entity_category=EntityCategory.DIAGNOSTIC,
+    value_fn=lambda data: data.gas_balance_wei,
+    money=Money.GAS,
 )
 
 CONNECTION_SENSORS: tuple[ConnectionSensorEntityDescription, ...] = (
@@ -154,17 +193,16 @@ CONNECTION_SENSORS: tuple[ConnectionSensorEntityDescription, ...] = (
     ConnectionSensorEntityDescription(
         key="price",
         translation_key="price",
-        native_unit_of_measurement=ETH_PER_KWH,
-        suggested_display_precision=9,
-        value_fn=lambda connection: wei_to_eth(connection.price),
+        value_fn=lambda connection: connection.price,
+        money=Money.PRICE,
     ),
     ConnectionSensorEntityDescription(
         key="connection_escrow",
         translation_key="connection_escrow",
         entity_category=EntityCategory.DIAGNOSTIC,
         entity_registry_enabled_default=False,
-        value_fn=lambda connection: wei_to_eth(connection.escrow_wei),
-        **_eth(),
+        value_fn=lambda connection: connection.escrow_wei,
+        money=Money.AMOUNT,
     ),
 )
 
@@ -174,7 +212,8 @@ async def async_setup_entry(
 ) -> None:
     """Set up the sensors; connection sensors come and go with the connections."""
     coordinator = entry.runtime_data
-    entities: list[SensorEntity] = [EnergyKartSensor(coordinator, description) for description in SENSORS]
+    descriptions = SENSORS if coordinator.currency.is_native else (*SENSORS, GAS_BALANCE)
+    entities: list[SensorEntity] = [EnergyKartSensor(coordinator, description) for description in descriptions]
     entities.append(OpenOffersSensor(coordinator))
     if entry.options.get(CONF_GRID_EXPORT) or (
         entry.options.get(CONF_SOLAR_POWER) and entry.options.get(CONF_HOUSE_CONSUMPTION)
@@ -209,11 +248,12 @@ class EnergyKartSensor(EnergyKartEntity, SensorEntity):
 
     def __init__(self, coordinator: EnergyKartCoordinator, description: EnergyKartSensorEntityDescription) -> None:
         super().__init__(coordinator, description.key)
-        self.entity_description = description
+        self.entity_description = _in_currency(description, coordinator.currency)
 
     @property
     def native_value(self) -> StateType:
-        return self.entity_description.value_fn(self.coordinator.data)
+        description = self.entity_description
+        return _shown(description.value_fn(self.coordinator.data), description.money, self.coordinator.currency)
 
 
 class OpenOffersSensor(EnergyKartEntity, SensorEntity):
@@ -232,7 +272,10 @@ class OpenOffersSensor(EnergyKartEntity, SensorEntity):
 
     @property
     def extra_state_attributes(self) -> dict[str, Any]:
-        return {"offers": [self.coordinator.describe_offer(offer) for offer in self.coordinator.data.open_offers]}
+        return {
+            "currency": self.coordinator.currency.symbol,
+            "offers": [self.coordinator.describe_offer(offer) for offer in self.coordinator.data.open_offers],
+        }
 
 
 class ConnectionSensor(EnergyKartConnectionEntity, SensorEntity):
@@ -244,12 +287,13 @@ class ConnectionSensor(EnergyKartConnectionEntity, SensorEntity):
         self, coordinator: EnergyKartCoordinator, connection_id: int, description: ConnectionSensorEntityDescription
     ) -> None:
         super().__init__(coordinator, connection_id, description.key)
-        self.entity_description = description
+        self.entity_description = _in_currency(description, coordinator.currency)
 
     @property
     def native_value(self) -> StateType:
-        connection = self.connection
-        return None if connection is None else self.entity_description.value_fn(connection)
+        connection, description = self.connection, self.entity_description
+        currency = self.coordinator.currency
+        return None if connection is None else _shown(description.value_fn(connection), description.money, currency)
 
 
 class _SourceSensor(EnergyKartEntity, SensorEntity):

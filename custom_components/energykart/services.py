@@ -16,17 +16,19 @@ from homeassistant.core import HomeAssistant, ServiceCall, ServiceResponse, Supp
 from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
 from homeassistant.helpers import config_validation as cv
 
-from .client import (
+from .const import CONF_METER_ADDRESS, DOMAIN, MAX_BIDDING_MINUTES, ZERO_ADDRESS
+from .contract import Status
+from .coordinator import EnergyKartConfigEntry, EnergyKartCoordinator
+from .currency import NATIVE, Currency
+from .errors import (
     EnergyKartConnectionError,
     InsufficientFundsError,
-    Status,
+    InsufficientTokenBalanceError,
     TransactionLostError,
     TransactionRejectedError,
     TransactionUnconfirmedError,
     WatchOnlyError,
 )
-from .const import CONF_METER_ADDRESS, DOMAIN, MAX_BIDDING_MINUTES, WEI_PER_ETH, ZERO_ADDRESS
-from .coordinator import EnergyKartConfigEntry, EnergyKartCoordinator, wei_to_eth
 
 ATTR_CONFIG_ENTRY_ID: Final = "config_entry_id"
 ATTR_ENERGY: Final = "energy"
@@ -41,18 +43,29 @@ SERVICE_BID: Final = "bid"
 SERVICE_CLOSE_CONNECTION: Final = "close_connection"
 SERVICE_WITHDRAW: Final = "withdraw"
 SERVICE_LIST_OFFERS: Final = "list_offers"
+# Prices are uint72 on chain, in the currency's smallest unit per kWh.
+MAX_PRICE: Final = 2**72 - 1
+
+
+def _decimal(value: Any) -> Decimal:
+    """A number as written: a float by its shortest form (0.1 is one tenth), a string digit for digit."""
+    try:
+        return Decimal(str(value).strip())
+    except InvalidOperation as err:
+        raise vol.Invalid(f"expected a number, got {value!r}") from err
+
 
 _ENTRY: dict[vol.Marker, Any] = {vol.Required(ATTR_CONFIG_ENTRY_ID): cv.string}
 SELL_SCHEMA: Final = vol.Schema(
     {
         **_ENTRY,
         vol.Required(ATTR_ENERGY): vol.Coerce(float),
-        vol.Required(ATTR_START_PRICE): vol.Coerce(float),
+        vol.Required(ATTR_START_PRICE): _decimal,
         vol.Optional(ATTR_BIDDING_MINUTES, default=60): vol.Coerce(int),
     }
 )
 BID_SCHEMA: Final = vol.Schema(
-    {**_ENTRY, vol.Required(ATTR_OFFER_ID): vol.Coerce(int), vol.Required(ATTR_PRICE): vol.Coerce(float)}
+    {**_ENTRY, vol.Required(ATTR_OFFER_ID): vol.Coerce(int), vol.Required(ATTR_PRICE): _decimal}
 )
 CLOSE_SCHEMA: Final = vol.Schema({**_ENTRY, vol.Required(ATTR_CONNECTION_ID): vol.Coerce(int)})
 ENTRY_SCHEMA: Final = vol.Schema(_ENTRY)
@@ -77,11 +90,16 @@ def _invalid(key: str, **placeholders: str) -> ServiceValidationError:
     )
 
 
-def _to_wei(eth: float) -> int:
+def _price(currency: Currency, value: Decimal) -> int:
+    """A price in the currency per kWh, given as a number of it, in its smallest unit: exactly."""
+    if not value.is_finite() or not 0 < value <= Decimal(MAX_PRICE).scaleb(-currency.decimals):
+        raise _invalid("invalid_price", price=str(value), symbol=currency.symbol)
     try:
-        return int(Decimal(str(eth)) * WEI_PER_ETH)
-    except (InvalidOperation, ValueError) as err:  # nan, inf
-        raise _invalid("invalid_price", price=str(eth)) from err
+        return currency.units(value)
+    except ValueError as err:
+        raise _invalid(
+            "too_many_decimals", price=f"{value:f}", symbol=currency.symbol, decimals=str(currency.decimals)
+        ) from err
 
 
 def _coordinator(call: ServiceCall) -> EnergyKartCoordinator:
@@ -105,11 +123,20 @@ async def _send[T](coordinator: EnergyKartCoordinator, transaction: Awaitable[T]
         result = await transaction
     except WatchOnlyError as err:
         raise _invalid("watch_only") from err
-    except InsufficientFundsError as err:
+    except InsufficientFundsError as err:  # of the native coin, for gas (and a native market's escrow)
         raise _invalid(
             "insufficient_funds",
-            required=f"{wei_to_eth(err.required_wei):.6f}",
-            balance=f"{wei_to_eth(err.balance_wei):.6f}",
+            required=f"{NATIVE.value(err.required_wei):.6f}",
+            balance=f"{NATIVE.value(err.balance_wei):.6f}",
+            symbol=NATIVE.symbol,
+        ) from err
+    except InsufficientTokenBalanceError as err:
+        currency = coordinator.currency
+        raise _invalid(
+            "insufficient_token_balance",
+            required=currency.text(err.required),
+            balance=currency.text(err.balance),
+            symbol=currency.symbol,
         ) from err
     except TransactionRejectedError as err:
         if key := _REJECTIONS.get(err.reason):
@@ -141,22 +168,20 @@ def _unreachable() -> HomeAssistantError:
     return HomeAssistantError(translation_domain=DOMAIN, translation_key="node_unreachable")
 
 
-async def async_sell(coordinator: EnergyKartCoordinator, energy_kwh: float, start_price: float, minutes: int) -> int:
-    """Offer energy; return the offer id."""
+async def async_sell(coordinator: EnergyKartCoordinator, energy_kwh: float, start_price: Decimal, minutes: int) -> int:
+    """Offer energy at a start price in the market's currency per kWh; return the offer id."""
     _trading(coordinator)
     energy_wh = round(energy_kwh * 1000)
     if not 1 <= energy_wh < 2**32:
         raise _invalid("invalid_energy", energy=str(energy_kwh))
-    price = _to_wei(start_price)
-    if not 0 < price < 2**72:
-        raise _invalid("invalid_price", price=str(start_price))
+    price = _price(coordinator.currency, start_price)
     if not 1 <= minutes <= MAX_BIDDING_MINUTES:
         raise _invalid("invalid_bidding_time", minutes=str(minutes), max=str(MAX_BIDDING_MINUTES))
     return await _send(coordinator, coordinator.client.create_offer(energy_wh, price, minutes * 60))
 
 
-async def async_bid(coordinator: EnergyKartCoordinator, offer_id: int, price_eth: float) -> str:
-    """Bid on an offer; return the transaction hash.
+async def async_bid(coordinator: EnergyKartCoordinator, offer_id: int, price_per_kwh: Decimal) -> str:
+    """Bid a price in the market's currency per kWh on an offer; return the transaction hash.
 
     The same bid again after an unconfirmed one follows that transaction up: its checks passed
     before it was sent, and the offer now shows the bid itself.
@@ -165,7 +190,7 @@ async def async_bid(coordinator: EnergyKartCoordinator, offer_id: int, price_eth
     meter = coordinator.config_entry.options.get(CONF_METER_ADDRESS)
     if not meter:
         raise _invalid("meter_required")
-    price = _to_wei(price_eth)
+    price = _price(coordinator.currency, price_per_kwh)
     if coordinator.client.sent_unconfirmed("bid", offer_id, price, meter):
         escrow = 0  # the transaction sent before carries its escrow
     else:
@@ -191,7 +216,8 @@ async def _checked_bid(coordinator: EnergyKartCoordinator, offer_id: int, price:
     if meter_owner != coordinator.account:
         raise _invalid("meter_not_owned")
     if price < offer.min_next_bid:
-        raise _invalid("price_too_low", minimum=f"{wei_to_eth(offer.min_next_bid):.9f}")
+        currency = coordinator.currency
+        raise _invalid("price_too_low", minimum=currency.text(offer.min_next_bid), symbol=currency.symbol)
     return (price * offer.energy_wh + 999) // 1000  # the contract's escrowFor, rounded up
 
 
@@ -241,6 +267,7 @@ def async_setup_services(hass: HomeAssistant) -> None:
         coordinator = _coordinator(call)
         return {
             "count": len(coordinator.data.open_offers),
+            "currency": coordinator.currency.symbol,
             "offers": [coordinator.describe_offer(offer) for offer in coordinator.data.open_offers],
         }
 

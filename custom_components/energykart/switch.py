@@ -9,8 +9,8 @@ from homeassistant.core import HomeAssistant, callback
 from homeassistant.exceptions import ServiceValidationError
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 
-from .client import Status
 from .const import DOMAIN
+from .contract import Status
 from .coordinator import EnergyKartConfigEntry, EnergyKartCoordinator
 from .entity import EnergyKartConnectionEntity
 from .services import async_close_connection

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +21,8 @@ from pytest_homeassistant_custom_component.common import (  # type: ignore[impor
     async_fire_time_changed,
 )
 from web3 import Web3
-from web3.types import RPCEndpoint
+from web3.contract import Contract
+from web3.types import RPCEndpoint, TxReceipt
 
 from custom_components.energykart.const import (
     CONF_ACCOUNT,
@@ -29,8 +35,8 @@ from custom_components.energykart.const import (
     CONF_START_BLOCK,
     DOMAIN,
 )
-from devchain.anvil import DEFAULT_MNEMONIC, Anvil
-from devchain.deploy import deploy_market
+from devchain.anvil import DEFAULT_MNEMONIC, REPO_ROOT, Anvil
+from devchain.deploy import DEFAULT_MIN_BID_INCREMENT, NATIVE, deploy_market, deploy_token
 from oracle.readings import Domain
 from tests.chain import Chain
 
@@ -40,6 +46,28 @@ KEYS: list[LocalAccount] = [
 ]
 SELLER, BUYER, RIVAL = KEYS[11], KEYS[12], KEYS[13]
 START_BALANCE = 100 * 10**18
+START_TOKENS = 1000  # whole tokens minted to the seller, the buyer and the rival of a token market
+PLAIN_TOKEN_SOURCE = Path(__file__).with_name("PlainToken.sol")
+# Compiles PlainToken.sol (path in argv) with the repository's pinned solcjs and OpenZeppelin; prints {abi, bytecode}.
+COMPILE_JS = """
+const solc = require("solc");
+const fs = require("fs");
+const path = require("path");
+const input = {
+  language: "Solidity",
+  sources: { "PlainToken.sol": { content: fs.readFileSync(process.argv[1], "utf8") } },
+  settings: { evmVersion: "cancun", outputSelection: { "*": { PlainToken: ["abi", "evm.bytecode.object"] } } },
+};
+const findImports = (p) => {
+  try { return { contents: fs.readFileSync(path.join("node_modules", p), "utf8") }; }
+  catch { return { error: `not found in node_modules: ${p}` }; }
+};
+const out = JSON.parse(solc.compile(JSON.stringify(input), { import: findImports }));
+const errors = (out.errors || []).filter((e) => e.severity === "error");
+if (errors.length) { console.error(errors.map((e) => e.formattedMessage).join("\\n")); process.exit(1); }
+const c = out.contracts["PlainToken.sol"].PlainToken;
+process.stdout.write(JSON.stringify({ abi: c.abi, bytecode: "0x" + c.evm.bytecode.object }));
+"""
 
 
 @pytest.fixture(autouse=True)
@@ -47,10 +75,11 @@ def auto_enable(enable_custom_integrations: None, socket_enabled: None) -> None:
     """Load custom_components/ and let the tests reach anvil on 127.0.0.1."""
 
 
-def make_chain(url: str) -> Chain:
+def make_chain(url: str, currency: str = NATIVE, min_bid_increment: int = DEFAULT_MIN_BID_INCREMENT) -> Chain:
+    """A market settling in `currency` (the native coin, or a token's address), and ETH for the parties' gas."""
     w3 = Web3(Web3.HTTPProvider(url))
     registrar = w3.eth.accounts[0]
-    market = deploy_market(w3, registrar)
+    market = deploy_market(w3, registrar, currency=currency, min_bid_increment=min_bid_increment)
     for account in (SELLER, BUYER, RIVAL):
         w3.provider.make_request(RPCEndpoint("anvil_setBalance"), [account.address, hex(START_BALANCE)])
     return Chain(
@@ -60,6 +89,76 @@ def make_chain(url: str) -> Chain:
         accounts=list(w3.eth.accounts),
         domain=Domain(chain_id=w3.eth.chain_id, contract=market.address),
     )
+
+
+@dataclass
+class TokenMarket:
+    """A market settling in `token`, whose seller, buyer and rival hold START_TOKENS of it."""
+
+    chain: Chain
+    token: Contract
+
+    @property
+    def decimals(self) -> int:
+        return int(self.token.functions.decimals().call())
+
+    def units(self, amount: str) -> int:
+        """An amount of the token, written in whole tokens, in its smallest unit."""
+        return int(Decimal(amount).scaleb(self.decimals))
+
+    def balance(self, account: str) -> int:
+        return int(self.token.functions.balanceOf(account).call())
+
+    def allowance(self, owner: str) -> int:
+        """What the market may still pull from `owner`."""
+        return int(self.token.functions.allowance(owner, self.chain.market.address).call())
+
+    def bid(self, bidder: str, offer_id: int, price: int, meter: str) -> TxReceipt:
+        """Approve exactly the escrow, then bid (as any wallet would, outside Home Assistant)."""
+        escrow = self.chain.escrow_for(offer_id, price)
+        self.chain.tx(self.token.functions.approve(self.chain.market.address, escrow), bidder)
+        return self.chain.tx(self.chain.market.functions.bid(offer_id, price, meter), bidder)
+
+
+def make_token_market(url: str, token: Contract | None = None, *, decimals: int = 18) -> TokenMarket:
+    """A market settling in `token`, by default a DemoToken (OpenZeppelin, with permits) named EURe.
+
+    Bids rise by at least a thousandth of a token per kWh.
+    """
+    w3 = Web3(Web3.HTTPProvider(url))
+    if token is None:
+        token = deploy_token(w3, w3.eth.accounts[0], name="Monerium EURe", symbol="EURe", decimals=decimals)
+    one = 10 ** int(token.functions.decimals().call())
+    chain = make_chain(url, currency=token.address, min_bid_increment=one // 1000)
+    for account in (SELLER, BUYER, RIVAL):
+        chain.tx(token.functions.mint(account.address, START_TOKENS * one), chain.registrar)
+    return TokenMarket(chain=chain, token=token)
+
+
+@pytest.fixture(scope="session")
+def plain_token_artifact() -> dict[str, Any]:
+    """PlainToken.sol compiled once per session with node_modules/solc."""
+    done = subprocess.run(
+        ["node", "-e", COMPILE_JS, str(PLAIN_TOKEN_SOURCE)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    artifact: dict[str, Any] = json.loads(done.stdout)
+    return artifact
+
+
+def deploy_plain_token(url: str, artifact: dict[str, Any], *, symbol: str = "EURe", decimals: int = 18) -> Contract:
+    """A PlainToken: an ERC-20 without permits, whose approve behaves like USDT's."""
+    w3 = Web3(Web3.HTTPProvider(url))
+    factory = w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
+    tx_hash = factory.constructor("Plain Euro", symbol, decimals).transact({"from": w3.eth.accounts[0]})
+    address = w3.eth.wait_for_transaction_receipt(tx_hash)["contractAddress"]
+    assert address is not None
+    return w3.eth.contract(address=address, abi=artifact["abi"])
 
 
 @pytest.fixture
@@ -84,9 +183,10 @@ def market_entry(
     trading: bool = True,
     meter: str | None = None,
     options: dict[str, Any] | None = None,
+    contract: str | None = None,
 ) -> MockConfigEntry:
-    """A config entry as the config flow would create it."""
-    contract = chain.market.address
+    """A config entry as the config flow would create it (for `contract`, by default the chain's market)."""
+    contract = contract or chain.market.address
     data: dict[str, Any] = {
         CONF_RPC_URL: rpc_url,
         CONF_CONTRACT_ADDRESS: contract,

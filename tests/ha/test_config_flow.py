@@ -1,4 +1,4 @@
-"""Config flow: every error, duplicates, reauthentication, reconfiguration and options."""
+"""Config flow: the market's currency, every error, duplicates, reauthentication, reconfiguration and options."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from homeassistant.data_entry_flow import FlowResultType
 from custom_components.energykart.const import (
     CONF_ACCOUNT,
     CONF_CONTRACT_ADDRESS,
+    CONF_CURRENCY,
     CONF_GRID_EXPORT,
     CONF_METER_ADDRESS,
     CONF_PRIVATE_KEY,
@@ -20,9 +21,10 @@ from custom_components.energykart.const import (
     DOMAIN,
 )
 from devchain.anvil import Anvil, free_port
+from devchain.deploy import deploy_token
 from tests.chain import Chain
 
-from .conftest import BUYER, RIVAL, SELLER, market_entry, reported_meter, setup_entry
+from .conftest import BUYER, RIVAL, SELLER, make_chain, make_token_market, market_entry, reported_meter, setup_entry
 
 
 def key_hex(account: Any) -> str:
@@ -35,8 +37,16 @@ async def start(hass: HomeAssistant, user_input: dict[str, Any]) -> Any:
     return await hass.config_entries.flow.async_configure(result["flow_id"], user_input)
 
 
+async def confirm(hass: HomeAssistant, result: Any, step_id: str = "confirm_native") -> Any:
+    """Confirm the market's currency, shown in step `step_id`."""
+    assert result["type"] is FlowResultType.FORM
+    assert result["step_id"] == step_id
+    return await hass.config_entries.flow.async_configure(result["flow_id"], {})
+
+
 async def test_create_trading_entry(hass: HomeAssistant, chain: Chain, anvil: Anvil) -> None:
-    """A private key makes a trading entry, unique per chain, contract and account."""
+    """A private key makes a trading entry, unique per chain, contract and account, once the
+    user has seen that the market settles in the chain's native coin."""
     meter = reported_meter(chain, SELLER.address)
     result = await start(
         hass,
@@ -48,10 +58,14 @@ async def test_create_trading_entry(hass: HomeAssistant, chain: Chain, anvil: An
             CONF_GRID_EXPORT: "sensor.grid_export",
         },
     )
+    assert result["step_id"] == "confirm_native"
+    assert result["description_placeholders"] == {"symbol": "ETH", "contract": chain.market.address}
+    result = await confirm(hass, result)
     assert result["type"] is FlowResultType.CREATE_ENTRY
     assert result["title"] == "Energy-Kart 0x71bE…5788"
     assert result["data"][CONF_ACCOUNT] == SELLER.address
     assert result["data"][CONF_CONTRACT_ADDRESS] == chain.market.address
+    assert result["data"][CONF_CURRENCY] == {"symbol": "ETH", "decimals": 18, "token": None}
     assert result["options"] == {
         CONF_SCAN_INTERVAL: 30,
         CONF_GRID_EXPORT: "sensor.grid_export",
@@ -71,8 +85,51 @@ async def test_create_watch_only_entry(hass: HomeAssistant, chain: Chain, anvil:
     result = await start(
         hass, {CONF_RPC_URL: anvil.url, CONF_CONTRACT_ADDRESS: chain.market.address, CONF_ACCOUNT: RIVAL.address}
     )
+    result = await confirm(hass, result)
     assert result["type"] is FlowResultType.CREATE_ENTRY
     assert CONF_PRIVATE_KEY not in result["data"]
+
+
+async def test_token_market_shows_its_currency(hass: HomeAssistant, anvil: Anvil) -> None:
+    """A market settling in a token shows the token's symbol, address and decimals before the
+    entry is made, and the entry keeps them."""
+    market = make_token_market(anvil.url, decimals=6)
+    result = await start(
+        hass,
+        {
+            CONF_RPC_URL: anvil.url,
+            CONF_CONTRACT_ADDRESS: market.chain.market.address,
+            CONF_PRIVATE_KEY: key_hex(BUYER),
+        },
+    )
+    assert result["step_id"] == "confirm_token"
+    assert result["description_placeholders"] == {
+        "symbol": "EURe",
+        "decimals": "6",
+        "token": market.token.address,
+        "contract": market.chain.market.address,
+    }
+    result = await confirm(hass, result, "confirm_token")
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    assert result["data"][CONF_CURRENCY] == {"symbol": "EURe", "decimals": 6, "token": market.token.address}
+    await hass.async_block_till_done()
+    balance = hass.states.get("sensor.energy_kart_0xfabb_694a_wallet_balance")
+    assert balance is not None
+    assert (balance.state, balance.attributes["unit_of_measurement"]) == ("1000.0", "EURe")
+
+
+async def test_currency_not_a_token(hass: HomeAssistant, anvil: Anvil) -> None:
+    """A market whose currency does not answer as an ERC-20 token (here: another market), or
+    answers with no symbol, is refused with its own error."""
+    other = make_chain(anvil.url)
+    not_a_token = make_chain(anvil.url, currency=other.market.address)
+    no_symbol = deploy_token(other.w3, other.registrar, symbol=" ")
+    blank = make_chain(anvil.url, currency=no_symbol.address)
+    for market in (not_a_token, blank):
+        result = await start(
+            hass, {CONF_RPC_URL: anvil.url, CONF_CONTRACT_ADDRESS: market.market.address, CONF_ACCOUNT: RIVAL.address}
+        )
+        assert result["errors"] == {CONF_CONTRACT_ADDRESS: "unsupported_currency"}
 
 
 @pytest.mark.parametrize(
@@ -102,7 +159,7 @@ async def test_user_errors(
     assert result["type"] is FlowResultType.FORM
     assert result["errors"] == errors
 
-    result = await hass.config_entries.flow.async_configure(result["flow_id"], good)
+    result = await confirm(hass, await hass.config_entries.flow.async_configure(result["flow_id"], good))
     assert result["type"] is FlowResultType.CREATE_ENTRY
 
 

@@ -13,6 +13,7 @@ from unittest.mock import patch
 
 import aiohttp
 import pytest
+from eth_typing import HexStr
 from freezegun.api import FrozenDateTimeFactory
 from homeassistant.components.switch.const import DOMAIN as SWITCH_DOMAIN
 from homeassistant.const import ATTR_ENTITY_ID, SERVICE_TURN_OFF, STATE_OFF, STATE_ON
@@ -23,14 +24,25 @@ from pytest_homeassistant_custom_component.common import (  # type: ignore[impor
     MockConfigEntry,
     async_capture_events,
 )
-from web3.types import RPCEndpoint
+from web3.types import RPCEndpoint, Wei
 
-from custom_components.energykart.client import SessionJSONRPCProvider
 from custom_components.energykart.const import DOMAIN, EVENT_OFFER_AWARDED, EVENT_OFFER_CREATED, EVENT_OUTBID
+from custom_components.energykart.provider import SessionJSONRPCProvider
 from devchain.anvil import Anvil
 from tests.chain import Chain
 
-from .conftest import BUYER, RIVAL, SELLER, make_chain, market_entry, poll, reported_meter, setup_entry
+from .conftest import (
+    BUYER,
+    RIVAL,
+    SELLER,
+    deploy_plain_token,
+    make_chain,
+    make_token_market,
+    market_entry,
+    poll,
+    reported_meter,
+    setup_entry,
+)
 
 SELLER_ID = "energy_kart_0x71be_5788"
 BUYER_ID = "energy_kart_0xfabb_694a"
@@ -237,6 +249,98 @@ async def test_node_hangs_during_close_and_withdraw(hass: HomeAssistant, node: R
     assert chain.credit(SELLER.address) == 0
     await seller.runtime_data.async_refresh()
     assert float(state(hass, f"sensor.{SELLER_ID}_withdrawable_credit")) == 0
+
+
+async def test_token_bids_resumed(
+    hass: HomeAssistant, node: RestartableNode, plain_token_artifact: dict[str, Any]
+) -> None:
+    """A token market: the node stops as a bid's approval goes out, so the retry broadcasts that
+    approval again (never a second one) and then bids; no allowance is left either way.
+
+    No frozen clock here: the request timeout runs on the event loop's clock.
+    """
+    market = make_token_market(node.url, deploy_plain_token(node.url, plain_token_artifact))
+    chain = market.chain
+    meter = reported_meter(chain, BUYER.address)
+    offer_id = chain.create_offer(SELLER.address, 2000, market.units("0.25"))
+    buyer = await setup_entry(hass, market_entry(chain, node.url, BUYER, meter=meter.address))
+    bid = {"config_entry_id": buyer.entry_id, "offer_id": offer_id, "price": 0.3}
+    before = nonce(chain, BUYER.address)
+
+    with fault_at("eth_sendRawTransaction", node.stop, before=True), pytest.raises(HomeAssistantError) as caught:
+        await call(hass, "bid", bid)
+    key, placeholders = translation(caught)
+    assert key == "transaction_unconfirmed"
+    node.start()
+    assert nonce(chain, BUYER.address) == before  # the approval never reached the node
+
+    await call(hass, "bid", bid)
+    approval = chain.w3.eth.get_transaction(HexStr(placeholders["tx_hash"]))
+    assert (approval["to"], approval["nonce"]) == (market.token.address, before)
+    assert nonce(chain, BUYER.address) == before + 2
+    assert chain.offer(offer_id)["highestBidder"] == BUYER.address
+    assert market.allowance(BUYER.address) == 0
+
+
+async def test_token_bid_with_permit_resumed(hass: HomeAssistant, node: RestartableNode) -> None:
+    """A bid with a permit whose receipt was lost is followed up with the same transaction (the
+    same permit), not signed again.
+
+    No frozen clock here: the request timeout runs on the event loop's clock.
+    """
+    market = make_token_market(node.url, decimals=6)
+    chain = market.chain
+    meter = reported_meter(chain, BUYER.address)
+    offer_id = chain.create_offer(SELLER.address, 2000, market.units("0.25"))
+    buyer = await setup_entry(hass, market_entry(chain, node.url, BUYER, meter=meter.address))
+    provider = cast(SessionJSONRPCProvider, buyer.runtime_data.client.w3.provider)
+    provider.timeout = aiohttp.ClientTimeout(total=0.5)
+    bid = {"config_entry_id": buyer.entry_id, "offer_id": offer_id, "price": "0.3"}
+    before = nonce(chain, BUYER.address)
+
+    try:
+        with fault_at("eth_sendRawTransaction", node.pause, before=False), pytest.raises(HomeAssistantError) as caught:
+            await call(hass, "bid", bid)
+    finally:
+        node.resume()
+    key, placeholders = translation(caught)
+    assert key == "transaction_unconfirmed"
+    assert nonce(chain, BUYER.address) == before + 1
+    assert await call(hass, "bid", bid) == {"transaction_hash": placeholders["tx_hash"]}
+    assert nonce(chain, BUYER.address) == before + 1
+    assert chain.offer(offer_id)["highestBidder"] == BUYER.address
+    assert market.allowance(BUYER.address) == 0
+
+
+async def test_market_moves_before_the_broadcast(hass: HomeAssistant, chain: Chain, anvil: Anvil) -> None:
+    """Between the checks and the broadcast, another wallet with the same key uses the nonce: the
+    node refuses the bid, so nothing is out and the retry is a new bid. Or a rival outbids: the
+    bid is mined and reverts. Both are reported; neither is taken for unconfirmed."""
+    meter = reported_meter(chain, BUYER.address)
+    rival_meter = reported_meter(chain, RIVAL.address)
+    offer_id = chain.create_offer(SELLER.address, 2000, 10**14)
+    buyer = await setup_entry(hass, market_entry(chain, anvil.url, BUYER, meter=meter.address))
+    bid = {"config_entry_id": buyer.entry_id, "offer_id": offer_id, "price": 0.0002}
+    before = nonce(chain, BUYER.address)
+
+    def other_wallet() -> None:
+        chain.w3.eth.send_transaction({"from": BUYER.address, "to": RIVAL.address, "value": Wei(1)})
+
+    with fault_at("eth_sendRawTransaction", other_wallet, before=True), pytest.raises(HomeAssistantError) as caught:
+        await call(hass, "bid", bid)
+    assert translation(caught)[0] == "transaction_rejected"
+    assert nonce(chain, BUYER.address) == before + 1  # the other wallet's transfer only
+    await call(hass, "bid", bid)
+    assert chain.offer(offer_id)["highestBidder"] == BUYER.address
+
+    def rival_bids() -> None:
+        chain.place_bid(offer_id, RIVAL.address, rival_meter.address, 5 * 10**14)
+
+    with fault_at("eth_sendRawTransaction", rival_bids, before=True), pytest.raises(HomeAssistantError) as caught:
+        await call(hass, "bid", {**bid, "price": 0.0003})
+    assert translation(caught) == ("transaction_rejected", {"reason": "Reverted"})
+    assert nonce(chain, BUYER.address) == before + 3  # mined, and reverted
+    assert chain.offer(offer_id)["highestBidder"] == RIVAL.address
 
 
 async def test_revoked_meter(hass: HomeAssistant, chain: Chain, anvil: Anvil, freezer: FrozenDateTimeFactory) -> None:

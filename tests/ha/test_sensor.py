@@ -20,7 +20,7 @@ from custom_components.energykart.diagnostics import async_get_config_entry_diag
 from devchain.anvil import Anvil
 from tests.chain import Chain
 
-from .conftest import BUYER, RIVAL, SELLER, market_entry, poll, reported_meter, setup_entry
+from .conftest import BUYER, RIVAL, SELLER, make_token_market, market_entry, poll, reported_meter, setup_entry
 
 
 def entity_states(hass: HomeAssistant, entry_id: str) -> list[dict[str, Any]]:
@@ -60,6 +60,15 @@ async def test_entity_states(hass: HomeAssistant, chain: Chain, anvil: Anvil, sn
             options={CONF_GRID_EXPORT: "sensor.grid_export", CONF_BATTERY_SOC: "sensor.battery"},
         ),
     )
+    assert entity_states(hass, entry.entry_id) == snapshot
+
+
+async def test_entity_states_in_a_token_market(hass: HomeAssistant, anvil: Anvil, snapshot: SnapshotAssertion) -> None:
+    """A watch-only wallet in a market settling in a 6-decimal EURe: money in EURe (scaled by
+    10**6), prices in EURe/kWh, and the gas balance in the chain's coin."""
+    market = make_token_market(anvil.url, decimals=6)
+    market.chain.tx(market.chain.market.functions.createOffer(1500, market.units("0.25"), 600), SELLER.address)
+    entry = await setup_entry(hass, market_entry(market.chain, anvil.url, RIVAL, trading=False))
     assert entity_states(hass, entry.entry_id) == snapshot
 
 

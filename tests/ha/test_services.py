@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import voluptuous as vol
 from homeassistant.components.switch.const import DOMAIN as SWITCH_DOMAIN
 from homeassistant.const import ATTR_ENTITY_ID, SERVICE_TURN_ON
 from homeassistant.core import HomeAssistant
@@ -54,9 +55,11 @@ async def test_sell_and_bid_errors(hass: HomeAssistant, chain: Chain, anvil: Anv
     assert await refused(hass, chain, b, "bid", {**bid, "price": 0.0005}) == "price_too_low"
     assert await refused(hass, chain, b, "bid", {**bid, "config_entry_id": watcher.entry_id}) == "watch_only"
     assert await refused(hass, chain, s, "bid", {**bid, "config_entry_id": seller.entry_id}) == "meter_required"
-    assert await refused(hass, chain, b, "bid", {**bid, "price": 10**10}) == "insufficient_funds"
-    chain.w3.provider.make_request(RPCEndpoint("anvil_setBalance"), [b, hex(10**25)])
-    assert await refused(hass, chain, b, "bid", {**bid, "price": 5000}) == "transaction_rejected"  # above uint72
+    assert await refused(hass, chain, b, "bid", {**bid, "price": 1000}) == "insufficient_funds"
+    assert await refused(hass, chain, b, "bid", {**bid, "price": 5000}) == "invalid_price"  # above uint72 wei per kWh
+    assert await refused(hass, chain, b, "bid", {**bid, "price": "1e-19"}) == "too_many_decimals"  # below 1 wei
+    with pytest.raises(vol.Invalid):
+        await call(hass, "bid", {**bid, "price": "cheap"})
     chain.w3.provider.make_request(RPCEndpoint("anvil_setBalance"), [b, hex(10**15)])
     assert await refused(hass, chain, b, "bid", bid) == "insufficient_funds"
     chain.w3.provider.make_request(RPCEndpoint("anvil_setBalance"), [b, hex(10**20)])

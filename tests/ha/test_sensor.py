@@ -28,7 +28,9 @@ def entity_states(hass: HomeAssistant, entry_id: str) -> list[dict[str, Any]]:
     out = []
     for entity in sorted(er.async_entries_for_config_entry(er.async_get(hass), entry_id), key=lambda e: e.entity_id):
         state = hass.states.get(entity.entity_id)
-        attributes = dict(state.attributes) if state else {}
+        # Home Assistant 2026.x keys attributes with StrEnum members where 2025.x has plain strings:
+        # the snapshot holds the strings, whichever version runs.
+        attributes = {str(key): value for key, value in state.attributes.items()} if state else {}
         if "offers" in attributes:
             attributes["offers"] = [{**offer, "bidding_ends": "<chain time>"} for offer in attributes["offers"]]
         out.append(

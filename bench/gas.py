@@ -18,6 +18,11 @@ repeats to the gas unit.
 - ``settle_worst_reading``: the dearest single reading there is: it ends the most connections a
   meter may hold (MAX_METER_CONNECTIONS), each from its own seller. Any batch of n readings costs
   at most n times it, and ``worst_readings_per_30m_block`` is how many fit a 30M-gas block.
+- ``erc20``: the same figures for a market that settles in an ERC-20 token (DemoToken, OpenZeppelin),
+  measured on the same node after the native ones. A bidder approves exactly the escrow before each
+  bid (``approve``, a transaction of its own, not counted in ``bid``), every account of the trade
+  holds tokens, and in both modes the market holds another bidder's escrow throughout, as a live
+  market always does (a token balance going from zero costs more than one that stays nonzero).
 
 python bench/gas.py [--offers 1000] [--batch-sizes 1,10,50,100,200] [--reference-batch 100]
 """
@@ -41,7 +46,7 @@ from web3.logs import DISCARD
 from web3.types import RPCEndpoint, TxParams, TxReceipt, Wei
 
 from devchain.anvil import Anvil
-from devchain.deploy import artifact, deploy_market
+from devchain.deploy import artifact, deploy_market, deploy_token
 from oracle.readings import Domain, sign_reading
 
 GENESIS_TIMESTAMP: Final = 1_750_000_000
@@ -61,6 +66,10 @@ FUNDS_WEI: Final = 10**22
 RPC_BATCH: Final = 250
 SETTLE_TARGET_MAX: Final = 12_000
 CREATE_BID_FINALIZE_TARGET_MAX: Final = 250_000
+TOKEN_CREATE_BID_FINALIZE_TARGET_MAX: Final = 300_000
+TOKEN_SETTLE_MAX_DEVIATION: Final = 0.01  # settle per reading in token mode = native, within 1 %
+TOKEN_DECIMALS: Final = 18
+TOKEN_FLOAT: Final = 10**30  # tokens each trading account holds, like the native FUNDS_WEI
 DEFAULT_BATCH_SIZES: Final = (1, 10, 50, 100, 200)
 OPS: Final[tuple[str, ...]] = (
     "createOffer",
@@ -121,6 +130,9 @@ class Bench:
     provider: HTTPProvider
     market: Contract
     keeper: ChecksumAddress
+    # The ERC-20 token the market settles in (None: the native coin), and who may mint it.
+    token: Contract | None = None
+    minter: ChecksumAddress | None = None
     meter_wh: dict[str, int] = field(default_factory=dict)
 
     # ------------------------------------------------------------ node
@@ -163,9 +175,9 @@ class Bench:
             raise RuntimeError(f"{fn.fn_name} from {sender} reverted in transaction {tx_hash.to_0x_hex()}")
         return receipt
 
-    def send_many(self, txs: Sequence[tuple[str, HexStr, int]]) -> list[dict[str, Any]]:
-        """Send (sender, calldata, value) transactions to the market all at once, mine them, and
-        return their receipts; raise if any reverted.
+    def send_many(self, txs: Sequence[tuple[str, HexStr, int]], to: str | None = None) -> list[dict[str, Any]]:
+        """Send (sender, calldata, value) transactions to the market (or to `to`) all at once, mine
+        them, and return their receipts; raise if any reverted.
 
         Automining would mine them in a number of blocks that varies from run to run; instead they
         are mined on demand, and the clock then moves to a fixed time after the start (one second
@@ -176,7 +188,7 @@ class Bench:
         nonces = {s: int(n, 16) for s, n in zip(senders, counts, strict=True)}
         requests: list[tuple[str, list[Any]]] = []
         for sender, data, value in txs:
-            tx = {"from": sender, "to": self.market.address, "data": data, "gas": hex(BULK_TX_GAS_LIMIT)}
+            tx = {"from": sender, "to": to or self.market.address, "data": data, "gas": hex(BULK_TX_GAS_LIMIT)}
             tx |= {"value": hex(value), "nonce": hex(nonces[sender])}
             nonces[sender] += 1
             requests.append(("eth_sendTransaction", [tx]))
@@ -199,6 +211,45 @@ class Bench:
             raise RuntimeError(f"{len(failed)} transactions reverted, the first: {failed[0]}")
         self.jump_to(start + len(txs) + 1)
         return mined
+
+    # ------------------------------------------------------------ currency
+
+    def escrow_value(self, escrow: int) -> int:
+        """The msg.value of a bid bringing `escrow`: the escrow itself in a native market, nothing
+        in a token market (the market pulls it)."""
+        return escrow if self.token is None else 0
+
+    def mint(self, amounts: Sequence[tuple[str, int]]) -> None:
+        """Token market: mint each (account, amount), all at once."""
+        if self.token is not None and self.minter is not None:
+            self.send_many(
+                [(self.minter, self.token.encode_abi("mint", [a, amount]), 0) for a, amount in amounts],
+                to=self.token.address,
+            )
+
+    def fund_bids(self, escrows: Sequence[tuple[str, int]]) -> None:
+        """Token market: give each (bidder, escrow of all its coming bids) the tokens and approve
+        exactly that to the market, in bulk."""
+        if self.token is None:
+            return
+        totals: dict[str, int] = {}
+        for bidder, escrow in escrows:
+            totals[bidder] = totals.get(bidder, 0) + escrow
+        self.mint(list(totals.items()))
+        self.send_many(
+            [(b, self.token.encode_abi("approve", [self.market.address, total]), 0) for b, total in totals.items()],
+            to=self.token.address,
+        )
+
+    def bid(self, offer_id: int, price: int, meter: str, bidder: str) -> tuple[int, int]:
+        """One bid of OFFER_WH at `price`: (gas of the bid, gas of the approval a token bidder
+        sends just before it, 0 in a native market)."""
+        escrow = _escrow(price, OFFER_WH)
+        approve = 0
+        if self.token is not None:
+            approve = self.send(self.token.functions.approve(self.market.address, escrow), bidder)["gasUsed"]
+        receipt = self.send(self.market.functions.bid(offer_id, price, meter), bidder, self.escrow_value(escrow))
+        return receipt["gasUsed"], approve
 
     def register(self, meters: Sequence[tuple[str, str]]) -> None:
         """Register each (meter, owner) pair."""
@@ -262,21 +313,17 @@ class Trader:
     buyer_meter: LocalAccount
 
 
-def trade(bench: Bench, t: Trader, *, withdraw: bool = True) -> tuple[dict[str, int], int]:
-    """One full trade; returns the gas by operation and the offer id. With `withdraw`, the trade
-    ends with every participant withdrawing everything, back to the state it started from."""
+def trade(bench: Bench, t: Trader, *, withdraw: bool = True) -> tuple[dict[str, int], int, int]:
+    """One full trade; returns the gas by operation, the offer id, and the gas of the approval a
+    token bidder sends before its bid (0 in a native market). With `withdraw`, the trade ends with
+    every participant withdrawing everything, back to the state it started from."""
     m = bench.market.functions
     gas: dict[str, int] = {}
     receipt = bench.send(m.createOffer(OFFER_WH, PRICE, BIDDING_SECONDS), t.seller)
     gas["createOffer"] = receipt["gasUsed"]
     offer_id = bench.created_id(receipt)
-    gas["bid"] = bench.send(m.bid(offer_id, PRICE, t.bidder_meter.address), t.bidder, _escrow(PRICE, OFFER_WH))[
-        "gasUsed"
-    ]
-    outbid_price = PRICE + MIN_BID_INCREMENT
-    gas["outbid"] = bench.send(
-        m.bid(offer_id, outbid_price, t.buyer_meter.address), t.buyer, _escrow(outbid_price, OFFER_WH)
-    )["gasUsed"]
+    gas["bid"], approve = bench.bid(offer_id, PRICE, t.bidder_meter.address, t.bidder)
+    gas["outbid"], _ = bench.bid(offer_id, PRICE + MIN_BID_INCREMENT, t.buyer_meter.address, t.buyer)
     bench.jump_to(bench.now() + BIDDING_SECONDS)
     gas["finalize"] = bench.send(m.finalize(offer_id), bench.keeper)["gasUsed"]
     connection = Connection(offer_id, t.buyer_meter)
@@ -292,7 +339,7 @@ def trade(bench: Bench, t: Trader, *, withdraw: bool = True) -> tuple[dict[str, 
             bench.send(m.withdraw(), account)
     ops = {name: gas[name] for name in OPS if name in gas}
     ops["createOffer+bid+finalize"] = gas["createOffer"] + gas["bid"] + gas["finalize"]
-    return ops, offer_id
+    return ops, offer_id, approve
 
 
 def populate(bench: Bench, offers: int, connections: int, align_with: int) -> tuple[dict[str, int], list[Connection]]:
@@ -313,6 +360,7 @@ def populate(bench: Bench, offers: int, connections: int, align_with: int) -> tu
     buyers = [_address(f"buyer/{k}") for k in range(connections)]
     meters = [_key(f"buyer-meter/{k}") for k in range(connections)]
     bench.rpc_batch([("anvil_setBalance", [a, hex(FUNDS_WEI)]) for a in [*sellers, *buyers]])
+    bench.mint([(b, TOKEN_FLOAT) for b in buyers])
     bench.register([(meter.address, b) for meter, b in zip(meters, buyers, strict=True)])
     for start in range(0, connections, 100):
         bench.report([(meter, FIRST_READING_WH) for meter in meters[start : start + 100]])
@@ -335,14 +383,16 @@ def populate(bench: Bench, offers: int, connections: int, align_with: int) -> tu
     )
     offer_ids = [int(r["logs"][0]["topics"][1], 16) for r in created]
     escrow = _escrow(PRICE, OFFER_WH)
+    bids = range(connections + with_bids)
+    bench.fund_bids([(buyers[i % connections], escrow) for i in bids])
     bench.send_many(
         [
             (
                 buyers[i % connections],
                 bench.market.encode_abi("bid", [offer_ids[i], PRICE, meters[i % connections].address]),
-                escrow,
+                bench.escrow_value(escrow),
             )
-            for i in range(connections + with_bids)
+            for i in bids
         ]
     )
     bench.jump_to(started + 2 * award_bidding)
@@ -373,8 +423,12 @@ def worst_reading(bench: Bench) -> int:
         [(seller, bench.market.encode_abi("createOffer", [1, PRICE, BIDDING_SECONDS]), 0) for seller in sellers]
     )
     offer_ids = [int(r["logs"][0]["topics"][1], 16) for r in created]
+    bench.fund_bids([(buyer, _escrow(PRICE, 1)) for _ in offer_ids])
     bench.send_many(
-        [(buyer, bench.market.encode_abi("bid", [i, PRICE, meter.address]), _escrow(PRICE, 1)) for i in offer_ids]
+        [
+            (buyer, bench.market.encode_abi("bid", [i, PRICE, meter.address]), bench.escrow_value(_escrow(PRICE, 1)))
+            for i in offer_ids
+        ]
     )
     bench.jump_to(bench.now() + BIDDING_SECONDS)
     bench.send_many([(bench.keeper, bench.market.encode_abi("finalize", [i]), 0) for i in offer_ids])
@@ -397,6 +451,72 @@ def settle_costs(
     return per_reading, round(sum(singles) / len(singles), 1)
 
 
+def measure_market(
+    bench: Bench,
+    accounts: Sequence[ChecksumAddress],
+    *,
+    offers: int,
+    batch_sizes: Sequence[int],
+    naive_readings: int,
+    reference_batch: int,
+) -> dict[str, Any]:
+    """The figures of the market of `bench`: its trade in steady state, before and after `offers`
+    more offers, and its settlement. `accounts`: the seller, bidder, buyer and the resident bidder
+    and seller of the trade (unlocked on the node)."""
+    seller, bidder, buyer, resident, resident_bidder = accounts
+    market = bench.market
+    connections_needed = max(*batch_sizes, naive_readings)
+    trader = Trader(seller, bidder, _key("bidder-meter"), buyer, _key("buyer-meter"))
+    resident_meter = _key("resident-meter")
+    bench.mint([(a, TOKEN_FLOAT) for a in (seller, bidder, buyer, resident_bidder)])
+    bench.register(
+        [
+            (trader.bidder_meter.address, bidder),
+            (trader.buyer_meter.address, buyer),
+            (resident_meter.address, resident_bidder),
+        ]
+    )
+    bench.report([(m, FIRST_READING_WH) for m in (trader.bidder_meter, trader.buyer_meter, resident_meter)])
+    # A live market has open offers, and escrow in it: a new offer is appended behind an open one
+    # (the trade's award unlinks it), and the market's balance never returns to zero.
+    receipt = bench.send(market.functions.createOffer(OFFER_WH, PRICE, OPEN_BIDDING_SECONDS), resident)
+    bench.bid(bench.created_id(receipt), PRICE, resident_meter.address, resident_bidder)
+    trade(bench, trader)  # the first trade: every account and meter involved has been used
+    ops, offer_id, approve = trade(bench, trader)
+    # The same trade by accounts that keep credit in the market between trades: their account slot
+    # is then never zero, and writing a nonzero slot costs 2,900 gas instead of 20,000.
+    trade(bench, trader, withdraw=False)
+    ops_holding_credit, _, _ = trade(bench, trader, withdraw=False)
+    for account in (seller, bidder, buyer):
+        bench.send(market.functions.withdraw(), account)
+
+    market_summary, connections = populate(bench, offers, connections_needed, offer_id)
+    ops_at, _, _ = trade(bench, trader)
+
+    per_reading, naive = settle_costs(bench, connections, batch_sizes, naive_readings)
+    worst = worst_reading(bench)
+    figures: dict[str, Any] = {
+        "ops": ops,
+        f"ops_at_{offers}_offers": ops_at,
+        "constant_cost": ops == ops_at,
+        "ops_holding_credit": ops_holding_credit,
+        "market_at_measure": market_summary,
+        "settle_gas_per_reading": per_reading,
+        "naive_gas_per_reading": naive,
+        f"batch_saving_at_{reference_batch}": round(naive / per_reading[str(reference_batch)], 2),
+        "settle_worst_reading": worst,
+        "worst_readings_per_30m_block": (30_000_000 - TX_BASE_GAS) // worst,
+    }
+    if bench.token is not None:
+        figures["approve"] = approve
+        figures["token"] = {
+            "name": bench.token.functions.name().call(),
+            "symbol": bench.token.functions.symbol().call(),
+            "decimals": bench.token.functions.decimals().call(),
+        }
+    return figures
+
+
 def measure(
     url: str,
     *,
@@ -406,7 +526,8 @@ def measure(
     reference_batch: int = 100,
 ) -> dict[str, Any]:
     """Run the whole benchmark against the anvil node at `url` (any fresh anvil; a pinned clock
-    makes the figures repeat exactly). Returns the report printed by `main`."""
+    makes the figures repeat exactly): a native market, then a token market. Returns the report
+    printed by `main`: the native figures at the top level, the token market's under "erc20"."""
     if reference_batch not in batch_sizes:
         raise ValueError(f"the reference batch {reference_batch} must be one of the batch sizes {batch_sizes}")
     connections_needed = max(*batch_sizes, naive_readings)
@@ -416,45 +537,39 @@ def measure(
     w3 = Web3(provider)
     _rpc(w3, "anvil_setBlockTimestampInterval", [1])  # before the first block: the clock never reads the wall
     _rpc(w3, "anvil_autoImpersonateAccount", [True])  # the sellers and buyers that fill the market
-    registrar, keeper, seller, bidder, buyer, resident = list(w3.eth.accounts)[:6]
+    registrar, keeper, *traders = list(w3.eth.accounts)[:7]
+
+    def figures(bench: Bench) -> dict[str, Any]:
+        return measure_market(
+            bench,
+            traders,
+            offers=offers,
+            batch_sizes=batch_sizes,
+            naive_readings=naive_readings,
+            reference_batch=reference_batch,
+        )
+
     market = deploy_market(w3, registrar, timestep=TIMESTEP, min_bid_increment=MIN_BID_INCREMENT)
-    bench = Bench(w3=w3, provider=provider, market=market, keeper=keeper)
+    native = figures(Bench(w3=w3, provider=provider, market=market, keeper=keeper))
 
-    trader = Trader(seller, bidder, _key("bidder-meter"), buyer, _key("buyer-meter"))
-    bench.register([(trader.bidder_meter.address, bidder), (trader.buyer_meter.address, buyer)])
-    bench.report([(trader.bidder_meter, FIRST_READING_WH), (trader.buyer_meter, FIRST_READING_WH)])
-    # A live market has open offers: a new offer is appended behind one, the trade's award unlinks it.
-    bench.send(market.functions.createOffer(OFFER_WH, PRICE, OPEN_BIDDING_SECONDS), resident)
-    trade(bench, trader)  # the first trade: every account and meter involved has been used
-    ops, offer_id = trade(bench, trader)
-    # The same trade by accounts that keep credit in the market between trades: their account slot
-    # is then never zero, and writing a nonzero slot costs 2,900 gas instead of 20,000.
-    trade(bench, trader, withdraw=False)
-    ops_holding_credit, _ = trade(bench, trader, withdraw=False)
-    for account in (seller, bidder, buyer):
-        bench.send(market.functions.withdraw(), account)
+    token = deploy_token(w3, registrar, decimals=TOKEN_DECIMALS)
+    market = deploy_market(
+        w3, registrar, timestep=TIMESTEP, min_bid_increment=MIN_BID_INCREMENT, currency=token.address
+    )
+    bench = Bench(w3=w3, provider=provider, market=market, keeper=keeper, token=token, minter=registrar)
+    erc20 = figures(bench)
 
-    market_summary, connections = populate(bench, offers, connections_needed, offer_id)
-    ops_at, _ = trade(bench, trader)
-
-    per_reading, naive = settle_costs(bench, connections, batch_sizes, naive_readings)
-    worst = worst_reading(bench)
-    at_reference = per_reading[str(reference_batch)]
-    create_bid_finalize = ops["createOffer+bid+finalize"]
-    holding_total = ops_holding_credit["createOffer+bid+finalize"]
+    at_reference = native["settle_gas_per_reading"][str(reference_batch)]
+    token_at_reference = erc20["settle_gas_per_reading"][str(reference_batch)]
+    deviation = abs(token_at_reference - at_reference) / at_reference
+    create_bid_finalize = native["ops"]["createOffer+bid+finalize"]
+    holding_total = native["ops_holding_credit"]["createOffer+bid+finalize"]
+    token_create_bid_finalize = erc20["ops"]["createOffer+bid+finalize"]
     node = bench.rpc("anvil_nodeInfo", [])
     compiler = artifact()["compiler"]
     return {
-        "ops": ops,
-        f"ops_at_{offers}_offers": ops_at,
-        "constant_cost": ops == ops_at,
-        "ops_holding_credit": ops_holding_credit,
-        "market_at_measure": market_summary,
-        "settle_gas_per_reading": per_reading,
-        "naive_gas_per_reading": naive,
-        f"batch_saving_at_{reference_batch}": round(naive / at_reference, 2),
-        "settle_worst_reading": worst,
-        "worst_readings_per_30m_block": (30_000_000 - TX_BASE_GAS) // worst,
+        **native,
+        "erc20": erc20,
         "targets": {
             f"settle_per_reading_at_{reference_batch}_max": SETTLE_TARGET_MAX,
             f"settle_per_reading_at_{reference_batch}": at_reference,
@@ -464,6 +579,18 @@ def measure(
             "create_bid_finalize_met": create_bid_finalize <= CREATE_BID_FINALIZE_TARGET_MAX,
             "create_bid_finalize_holding_credit": holding_total,
             "create_bid_finalize_holding_credit_met": holding_total <= CREATE_BID_FINALIZE_TARGET_MAX,
+            "erc20": {
+                f"settle_per_reading_at_{reference_batch}_max": SETTLE_TARGET_MAX,
+                f"settle_per_reading_at_{reference_batch}": token_at_reference,
+                f"settle_per_reading_at_{reference_batch}_met": token_at_reference <= SETTLE_TARGET_MAX,
+                "settle_deviation_from_native_max": TOKEN_SETTLE_MAX_DEVIATION,
+                "settle_deviation_from_native": round(deviation, 5),
+                "settle_equal_to_native_met": deviation <= TOKEN_SETTLE_MAX_DEVIATION,
+                "create_bid_finalize_max": TOKEN_CREATE_BID_FINALIZE_TARGET_MAX,
+                "create_bid_finalize": token_create_bid_finalize,
+                "create_bid_finalize_met": token_create_bid_finalize <= TOKEN_CREATE_BID_FINALIZE_TARGET_MAX,
+                "constant_cost_met": erc20["constant_cost"],
+            },
         },
         "meta": {
             "solc": compiler["version"],

@@ -1,10 +1,12 @@
-"""Test helpers around a deployed market: accounts, time travel, signed readings, reverts."""
+"""Test helpers around a deployed market: accounts, time travel, signed readings, reverts, and
+the market's currency (the native coin or an ERC-20 token), so that one test reads the same in both."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
+import pytest
 from eth_abi.abi import decode as abi_decode
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
@@ -14,32 +16,53 @@ from web3 import Web3
 from web3.contract import Contract
 from web3.exceptions import ContractCustomError
 from web3.logs import DISCARD
-from web3.types import RPCEndpoint, TxReceipt
+from web3.types import RPCEndpoint, StateOverride, TxReceipt
 
-from devchain.deploy import artifact
+from devchain.deploy import NATIVE as NATIVE_CURRENCY
+from devchain.deploy import artifact, deploy_market, token_artifact
 from oracle.readings import Domain, SignedReading, sign_reading
+
+# The two currency modes of a market: the chain's native coin, or an ERC-20 token.
+NATIVE: Final = "native"
+ERC20: Final = "erc20"
+MODES: Final = (NATIVE, ERC20)
+TIMESTEP: Final = 900
+MIN_BID_INCREMENT: Final = 10**9
 
 # Status and SkipReason enums of the contract, by name.
 STATUS = ["Bidding", "Cancelled", "Expired", "Active", "Closed", "Completed", "Released"]
 SKIP = ["None", "FutureTimestamp", "BadSignature", "UnknownMeter", "NotNewer", "OutOfRange", "Malformed"]
 
 
-def _error_selectors() -> dict[str, str]:
-    out = {}
-    for item in artifact()["abi"]:
+def only(mode: str) -> pytest.MarkDecorator:
+    """Run a test in one currency mode only (the `chain` fixture's parameter), for the rules that
+    exist in that mode alone: what msg.value a bid carries, a receiver's re-entrant receive()."""
+    return pytest.mark.parametrize("chain", [mode], indirect=True)
+
+
+# Custom errors by selector: (name, argument types). The market's, the ERC-20 token's (a bid or a
+# withdrawal bubbles up the token's revert), and those of test contracts, added by register_errors.
+_ERROR_TYPES: dict[str, tuple[str, list[str]]] = {}
+
+
+def register_errors(abi: list[dict[str, Any]]) -> None:
+    """Decode the custom errors of `abi` too (in `custom_error` and `error_name`)."""
+    for item in abi:
         if item["type"] == "error":
-            sig = f"{item['name']}({','.join(i['type'] for i in item['inputs'])})"
-            out["0x" + keccak(text=sig)[:4].hex()] = item["name"]
-    return out
+            types = [i["type"] for i in item["inputs"]]
+            selector = "0x" + keccak(text=f"{item['name']}({','.join(types)})")[:4].hex()
+            _ERROR_TYPES[selector] = (item["name"], types)
 
 
-ERRORS = _error_selectors()
+register_errors(artifact()["abi"])
+register_errors(token_artifact()["abi"])
 
 
 def error_name(err: ContractCustomError) -> str:
     """The custom error's name, from the revert data's selector."""
     data = err.data if isinstance(err.data, str) else str(err.message)
-    return ERRORS.get(data[:10], data)
+    known = _ERROR_TYPES.get(data[:10])
+    return known[0] if known else data
 
 
 @dataclass
@@ -52,10 +75,102 @@ class Chain:
     accounts: list[ChecksumAddress]
     domain: Domain
     meter_keys: dict[str, LocalAccount] = field(default_factory=dict)
+    # The ERC-20 token the market settles in; None when it settles in the native coin. Its
+    # `mint(to, amount)` is sent by the registrar (the deployer of DemoToken, its owner).
+    token: Contract | None = None
+    # tests/contract/Books.sol compiled ({"abi", "deployedBytecode"}): `held` then reads every
+    # account in one call instead of one call per account.
+    books: dict[str, Any] | None = None
+
+    @classmethod
+    def deploy(cls, w3: Web3, token: Contract | None = None, books: dict[str, Any] | None = None) -> Chain:
+        """A fresh market on `w3`, settling in `token` (None: the native coin). The node's first
+        account deploys it and is its registrar."""
+        accounts = list(w3.eth.accounts)
+        currency = NATIVE_CURRENCY if token is None else token.address
+        market = deploy_market(
+            w3, accounts[0], timestep=TIMESTEP, min_bid_increment=MIN_BID_INCREMENT, currency=currency
+        )
+        return cls(
+            w3=w3,
+            market=market,
+            registrar=accounts[0],
+            accounts=accounts,
+            domain=Domain(chain_id=w3.eth.chain_id, contract=market.address),
+            token=token,
+            books=books,
+        )
+
+    # ------------------------------------------------------------ the currency
+
+    @property
+    def mode(self) -> str:
+        return NATIVE if self.token is None else ERC20
+
+    @property
+    def currency(self) -> ChecksumAddress:
+        """What the market's currency() answers: address(0) for the native coin, else the token."""
+        return Web3.to_checksum_address(NATIVE_CURRENCY if self.token is None else self.token.address)
+
+    def funds(self, account: str) -> int:
+        """The account's balance of the market's currency."""
+        address = Web3.to_checksum_address(account)
+        if self.token is None:
+            return int(self.w3.eth.get_balance(address))
+        return int(self.token.functions.balanceOf(address).call())
+
+    def balance(self) -> int:
+        """The market's balance of its currency."""
+        return self.funds(self.market.address)
+
+    def fee(self, receipt: TxReceipt) -> int:
+        """What the transaction cost its sender in the currency: its gas in native mode, nothing in
+        token mode (gas is paid in the native coin)."""
+        return gas_cost(receipt) if self.token is None else 0
+
+    def fund(self, account: str, amount: int, at: int | None = None) -> None:
+        """Make sure `account` holds at least `amount` of the currency: in token mode, mint what it
+        lacks (native accounts of the node hold plenty)."""
+        if self.token is None:
+            return
+        short = amount - self.funds(account)
+        if short > 0:
+            self._pinned_tx(self._pending_timestamp(at), self.token.functions.mint(account, short), self.registrar)
+
+    def bring(self, sender: str, escrow: int, at: int | None = None) -> int:
+        """Get `sender` ready to pay `escrow` into the market with its next call; returns the
+        msg.value that call must carry. Native: the escrow itself. Token: `sender` is funded with
+        what it lacks and approves exactly the escrow to the market; the call carries no value.
+
+        The transactions this takes are mined at the timestamp the next block would have had (or
+        at `at`), and the next block keeps it: a time set by set_next_timestamp still applies."""
+        if self.token is None or escrow == 0:
+            return escrow
+        at = self._pending_timestamp(at)
+        self.fund(sender, escrow, at)
+        allowance = int(self.token.functions.allowance(sender, self.market.address).call())
+        if allowance != escrow:
+            if allowance != 0:  # tokens like USDT refuse to change an allowance that is not zero
+                self._pinned_tx(at, self.token.functions.approve(self.market.address, 0), sender)
+            self._pinned_tx(at, self.token.functions.approve(self.market.address, escrow), sender)
+        return 0
+
+    def _pending_timestamp(self, at: int | None) -> int:
+        return at if at is not None else int(self.w3.eth.get_block("pending")["timestamp"])
+
+    def _pinned_tx(self, timestamp: int, fn: Any, sender: str) -> None:
+        """Send `fn` in a block at `timestamp`, and leave the next block pinned to it as well."""
+        self.set_next_timestamp(timestamp)
+        tx_hash = fn.transact({"from": sender, "gas": 200_000})
+        assert self.w3.eth.wait_for_transaction_receipt(tx_hash)["status"] == 1, f"{fn.fn_name} reverted"
+        self.set_next_timestamp(timestamp)
+
+    # ------------------------------------------------------------ transactions
 
     def tx(self, fn: Any, sender: str, value: int = 0) -> TxReceipt:
-        """Send a contract call as a transaction and wait for it; raise on revert."""
-        tx_hash = fn.transact({"from": sender, "value": value})
+        """Send a contract call as a transaction and wait for it; raise on revert. `value` is the
+        escrow the call brings (see `bring`)."""
+        tx_hash = fn.transact({"from": sender, "value": self.bring(sender, value)})
         receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash)
         assert receipt["status"] == 1
         return receipt
@@ -90,32 +205,34 @@ class Chain:
         event = getattr(self.market.events, name)()
         return [dict(e["args"]) for e in event.process_receipt(receipt, errors=DISCARD)]
 
-    def balance(self) -> int:
-        return int(self.w3.eth.get_balance(self.market.address))
-
     def escrow_for(self, offer_id: int, price: int) -> int:
         return int(self.market.functions.escrowFor(offer_id, price).call())
 
     # ------------------------------------------------------------ helpers of the rule tests
 
-    def reverts(self, fn: Any, sender: str, value: int = 0) -> tuple[str, tuple[Any, ...]]:
+    def reverts(
+        self, fn: Any, sender: str, value: int = 0, *, msg_value: int | None = None
+    ) -> tuple[str, tuple[Any, ...]]:
         """Expect `fn` to revert in the next block: its custom error as (name, args).
 
-        The call runs against the pending block (so `set_next_timestamp` applies), then the
-        transaction is really sent and must fail on chain.
+        `value` is the escrow the call brings (see `bring`); `msg_value` instead sends exactly that
+        msg.value and brings nothing. The call runs against the pending block (so
+        `set_next_timestamp` applies), then the transaction is really sent and must fail on chain.
         """
+        sent = self.bring(sender, value) if msg_value is None else msg_value
         try:
-            fn.call({"from": sender, "value": value}, block_identifier="pending")
+            fn.call({"from": sender, "value": sent}, block_identifier="pending")
         except ContractCustomError as err:
             raised = custom_error(err)
         else:
             raise AssertionError(f"{fn.fn_name} did not revert")
-        tx_hash = fn.transact({"from": sender, "value": value, "gas": 3_000_000})
+        tx_hash = fn.transact({"from": sender, "value": sent, "gas": 3_000_000})
         assert self.w3.eth.wait_for_transaction_receipt(tx_hash)["status"] == 0
         return raised
 
     def tx_at(self, timestamp: int, fn: Any, sender: str, value: int = 0) -> TxReceipt:
         """Send `fn` in a block with exactly this timestamp (no gas estimate: it would run on the latest block)."""
+        value = self.bring(sender, value, at=timestamp)
         self.set_next_timestamp(timestamp)
         tx_hash = fn.transact({"from": sender, "value": value, "gas": 3_000_000})
         receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash)
@@ -205,11 +322,18 @@ class Chain:
 
     def held(self, *others: str) -> int:
         """The escrows plus the credits of every account (the node's and `others`)."""
-        return sum(self.escrow(a) + self.credit(a) for a in [*self.accounts, *others])
+        accounts = list(dict.fromkeys([*self.accounts, *others]))
+        if self.books is not None:  # Books.held runs in place of code at an address nobody uses
+            books = self.w3.eth.contract(address=_BOOKS_ADDRESS, abi=self.books["abi"])
+            override: StateOverride = {_BOOKS_ADDRESS: {"code": self.books["deployedBytecode"]}}
+            return int(books.functions.held(self.market.address, accounts, _HELD_PAGE).call(state_override=override))
+        views = [self.account(a) for a in accounts]
+        return sum(v["credit"] + v["bidEscrow"] + v["unclaimed"] + v["escrow"] for v in views)
 
     def assert_conserved(self, *others: str, surplus: int = 0) -> None:
         """The market holds exactly the escrows plus the credits of every account (the node's and
-        `others`), plus `surplus`: value forced in from outside, which belongs to nobody."""
+        `others`), plus `surplus`: currency sent in from outside (forced Ether, tokens transferred
+        straight to the market), which belongs to nobody."""
         assert self.balance() == self.held(*others) + surplus
 
 
@@ -222,23 +346,16 @@ _OFFER_FIELDS = _struct_fields("getOffer")
 _CONNECTION_FIELDS = _struct_fields("getConnection")
 _METER_FIELDS = _struct_fields("meterOf")
 _ACCOUNT_FIELDS = _struct_fields("accountOf")
-_ERROR_TYPES = {
-    "0x" + keccak(text=f"{i['name']}({','.join(p['type'] for p in i['inputs'])})")[:4].hex(): [
-        p["type"] for p in i["inputs"]
-    ]
-    for i in artifact()["abi"]
-    if i["type"] == "error"
-}
+_HELD_PAGE = 50
+_BOOKS_ADDRESS = Web3.to_checksum_address(keccak(text="energykart-tests/books")[12:])
 
 
 def custom_error(err: ContractCustomError) -> tuple[str, tuple[Any, ...]]:
     """The custom error as (name, decoded args); addresses checksummed."""
     data = err.data if isinstance(err.data, str) else str(err.message)
-    types = _ERROR_TYPES[data[:10]]
+    name, types = _ERROR_TYPES[data[:10]]
     args = abi_decode(types, bytes.fromhex(data[10:]))
-    return error_name(err), tuple(
-        Web3.to_checksum_address(a) if t == "address" else a for t, a in zip(types, args, strict=True)
-    )
+    return name, tuple(Web3.to_checksum_address(a) if t == "address" else a for t, a in zip(types, args, strict=True))
 
 
 def gas_cost(receipt: TxReceipt) -> int:

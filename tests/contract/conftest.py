@@ -1,15 +1,20 @@
-"""A fresh EnergyMarket per test on the session's anvil node."""
+"""A fresh EnergyMarket per test on the session's anvil node, in each currency mode: the native
+coin, and an ERC-20 token (a DemoToken deployed for the test)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from devchain.anvil import Anvil
-from devchain.deploy import deploy_market
-from oracle.readings import Domain
-from tests.chain import Chain
+from devchain.deploy import deploy_token
+from tests.chain import ERC20, MODES, Chain, register_errors
+from tests.contract.solidity import TEST_CONTRACTS, compile_sources
+
+TOKEN_DECIMALS = 18
 
 
 @pytest.fixture(scope="session")
@@ -17,18 +22,23 @@ def w3(anvil: Anvil) -> Web3:
     return Web3(Web3.HTTPProvider(anvil.url, request_kwargs={"timeout": 30}))
 
 
-@pytest.fixture
-def chain(w3: Web3) -> Chain:
-    accounts = list(w3.eth.accounts)
-    registrar = accounts[0]
-    market = deploy_market(w3, registrar, timestep=900, min_bid_increment=10**9)
-    return Chain(
-        w3=w3,
-        market=market,
-        registrar=registrar,
-        accounts=accounts,
-        domain=Domain(chain_id=w3.eth.chain_id, contract=market.address),
-    )
+@pytest.fixture(scope="session")
+def test_contracts() -> dict[str, dict[str, Any]]:
+    """The test contracts (Books, Reenterer, the test tokens) compiled once per session; their
+    custom errors decode in `Chain.reverts`."""
+    compiled = compile_sources(TEST_CONTRACTS)
+    for contract in compiled.values():
+        register_errors(contract["abi"])
+    return compiled
+
+
+@pytest.fixture(params=MODES)
+def chain(request: pytest.FixtureRequest, w3: Web3, test_contracts: dict[str, dict[str, Any]]) -> Chain:
+    """The market of the test, once per currency mode; `tests.chain.only(mode)` picks one."""
+    token = None
+    if request.param == ERC20:
+        token = deploy_token(w3, w3.eth.accounts[0], name="Energy-Kart Euro", symbol="EURe", decimals=TOKEN_DECIMALS)
+    return Chain.deploy(w3, token, books=test_contracts["Books"])
 
 
 @pytest.fixture

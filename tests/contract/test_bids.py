@@ -1,13 +1,15 @@
-"""Bid rules: minimum price, deadline, exact escrow, meter ownership, self trade, outbids."""
+"""Bid rules: minimum price, deadline, exact escrow, meter ownership, self trade, outbids.
+
+In both currency modes; the escrow a bid carries is mode-specific: msg.value in a native market,
+an exact token allowance in a token market (the tests marked `only(...)`)."""
 
 from __future__ import annotations
 
 import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from web3 import Web3
 
-from tests.chain import STATUS, Chain, gas_cost
+from tests.chain import ERC20, NATIVE, STATUS, Chain, only
 
 ZERO = "0x0000000000000000000000000000000000000000"
 START = 10**12  # wei per kWh
@@ -41,21 +43,18 @@ def offer_id(chain: Chain, seller: str) -> int:
     return chain.create_offer(seller, ENERGY, START, 600)
 
 
-def eth(chain: Chain, account: str) -> int:
-    return int(chain.w3.eth.get_balance(Web3.to_checksum_address(account)))
-
-
 def escrow(price: int, energy: int = ENERGY) -> int:
     return (price * energy + 999) // 1000
 
 
 def test_bid_escrows_and_leads(chain: Chain, offer_id: int, buyer: str, meter: LocalAccount) -> None:
-    before = eth(chain, buyer)
+    chain.fund(buyer, escrow(START))
+    before = chain.funds(buyer)
     receipt = chain.place_bid(offer_id, buyer, meter.address, START)
     assert chain.events(receipt, "BidPlaced") == [
         {"id": offer_id, "bidder": buyer, "meter": meter.address, "pricePerKWh": START, "escrowWei": escrow(START)}
     ]
-    assert eth(chain, buyer) == before - escrow(START) - gas_cost(receipt)
+    assert chain.funds(buyer) == before - escrow(START) - chain.fee(receipt)
     offer = chain.offer(offer_id)
     assert (offer["highestPricePerKWh"], offer["highestBidder"], offer["minNextBidPerKWh"]) == (
         START,
@@ -118,6 +117,7 @@ def test_bid_in_last_second(chain: Chain, seller: str, buyer: str, meter: LocalA
     assert chain.offer(1)["highestBidder"] == buyer
 
 
+@only(NATIVE)
 @pytest.mark.parametrize("delta", [-1, 1, None], ids=["one-wei-short", "one-wei-over", "nothing"])
 def test_bid_needs_exact_escrow(
     chain: Chain, offer_id: int, buyer: str, meter: LocalAccount, delta: int | None
@@ -129,6 +129,68 @@ def test_bid_needs_exact_escrow(
     assert chain.reverts(m.bid(offer_id, price, meter.address), buyer, sent) == ("WrongEscrow", (required, sent))
     assert chain.escrow(buyer) == 0
     assert chain.balance() == 0
+
+
+@only(ERC20)
+@pytest.mark.parametrize("delta", [-1, None], ids=["one-unit-short", "nothing"])
+def test_token_bid_needs_an_allowance_for_the_escrow(
+    chain: Chain, offer_id: int, buyer: str, meter: LocalAccount, delta: int | None
+) -> None:
+    """The token counterpart of sending the wrong escrow: the pull fails on the allowance."""
+    assert chain.token is not None
+    m = chain.market.functions
+    price = START + 7
+    required = escrow(price)
+    approved = 0 if delta is None else required + delta
+    chain.fund(buyer, 2 * required)
+    chain.tx(chain.token.functions.approve(chain.market.address, approved), buyer)
+    assert chain.reverts(m.bid(offer_id, price, meter.address), buyer) == (
+        "ERC20InsufficientAllowance",
+        (chain.market.address, approved, required),
+    )
+    assert chain.funds(buyer) == 2 * required
+    assert chain.escrow(buyer) == 0
+    assert chain.offer(offer_id)["highestBidder"] == ZERO
+    assert chain.balance() == 0
+
+
+@only(ERC20)
+def test_token_bid_pulls_exactly_the_escrow(chain: Chain, offer_id: int, buyer: str, meter: LocalAccount) -> None:
+    """An allowance above the escrow is not spent beyond it; a bidder short of tokens is refused."""
+    assert chain.token is not None
+    m = chain.market.functions
+    price = START + 7
+    required = escrow(price)
+    chain.fund(buyer, required - 1)
+    chain.tx(chain.token.functions.approve(chain.market.address, required + 1), buyer)
+    assert chain.reverts(m.bid(offer_id, price, meter.address), buyer) == (
+        "ERC20InsufficientBalance",
+        (buyer, required - 1, required),
+    )
+    chain.fund(buyer, required + 5)
+    receipt = chain.tx(m.bid(offer_id, price, meter.address), buyer)
+    assert chain.events(receipt, "BidPlaced")[0]["escrowWei"] == required
+    assert chain.funds(buyer) == 5
+    assert chain.token.functions.allowance(buyer, chain.market.address).call() == 1
+    assert chain.balance() == required
+    chain.assert_conserved()
+
+
+@only(ERC20)
+def test_token_bid_sent_with_value_is_refused(chain: Chain, offer_id: int, buyer: str, meter: LocalAccount) -> None:
+    """A token market takes no Ether with a bid, not even along with the full token allowance."""
+    m = chain.market.functions
+    required = escrow(START)
+    chain.bring(buyer, required)
+    assert chain.reverts(m.bid(offer_id, START, meter.address), buyer, msg_value=required) == (
+        "WrongEscrow",
+        (0, required),
+    )
+    assert chain.w3.eth.get_balance(chain.market.address) == 0
+    assert chain.balance() == 0
+    assert chain.escrow(buyer) == 0
+    chain.place_bid(offer_id, buyer, meter.address, START)  # the same bid without value goes through
+    chain.assert_conserved()
 
 
 def test_escrow_rounds_up(chain: Chain, seller: str, buyer: str, meter: LocalAccount) -> None:
@@ -214,11 +276,11 @@ def test_outbid_escrow_becomes_credit(
     assert chain.balance() == escrow(first_price) + escrow(second_price)
     chain.assert_conserved()
 
-    # The outbid bidder gets the refund back in ETH, before the auction even ends.
-    before = eth(chain, buyer)
+    # The outbid bidder gets the refund back in the currency, before the auction even ends.
+    before = chain.funds(buyer)
     receipt = chain.tx(m.withdraw(), buyer)
     assert chain.events(receipt, "Withdrawn") == [{"account": buyer, "amountWei": escrow(first_price)}]
-    assert eth(chain, buyer) == before + escrow(first_price) - gas_cost(receipt)
+    assert chain.funds(buyer) == before + escrow(first_price) - chain.fee(receipt)
     assert chain.credit(buyer) == 0
     assert chain.balance() == escrow(second_price)
     chain.assert_conserved()

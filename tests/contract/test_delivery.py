@@ -95,7 +95,9 @@ def test_unchanged_cumulative_is_accepted(chain: Chain, connection: int, meter: 
 def test_bad_signatures_are_skipped(chain: Chain, connection: int, seller: str, meter: LocalAccount) -> None:
     # A second market on the same chain, where the meter is registered too: what is signed for it
     # settles there and nowhere else.
-    other_market = deploy_market(chain.w3, chain.registrar, timestep=900, min_bid_increment=10**9)
+    other_market = deploy_market(
+        chain.w3, chain.registrar, timestep=900, min_bid_increment=10**9, currency=chain.currency
+    )
     chain.tx(other_market.functions.registerMeter(meter.address, chain.accounts[2]), chain.registrar)
     t = chain.now() + 10
     impostor = Account.create()

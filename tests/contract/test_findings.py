@@ -7,10 +7,15 @@ F6  a buyer who wins many small offers and never draws locks the seller's withdr
 F7  bits of the packed reading that the signature does not cover give one reading two encodings;
 F8  offers whose bidding is over are listed as open;
 F9  `biddingEnds` wraps in 2106;
-F10 Ether forced in (selfdestruct) makes the balance exceed escrows plus credits.
+F10 Ether forced in (selfdestruct) makes the balance exceed escrows plus credits; in a token market,
+    tokens transferred straight to the market do the same.
+
+Every finding runs in both currency modes; F10's way in is the mode's own.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import pytest
 from eth_account.signers.local import LocalAccount
@@ -19,9 +24,9 @@ from web3 import Web3
 from web3.types import Wei
 
 from devchain.anvil import Anvil
-from devchain.deploy import deploy_market
-from oracle.readings import Domain, SignedReading
-from tests.chain import SKIP, STATUS, Chain
+from devchain.deploy import deploy_token
+from oracle.readings import SignedReading
+from tests.chain import ERC20, MODES, NATIVE, SKIP, STATUS, Chain, only
 
 PRICE = 10**12 + 7  # wei per kWh
 BASELINE = 1000
@@ -300,13 +305,13 @@ def test_offers_whose_bidding_is_over_are_due_not_open(chain: Chain, seller: str
 # ------------------------------------------------------------------ F9: times past 2106
 
 
-def test_bidding_ends_past_2106() -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_bidding_ends_past_2106(mode: str) -> None:
     start = 2**32 - 300  # five minutes before a 32-bit timestamp wraps
     with Anvil(accounts=3, extra_args=("--timestamp", str(start))) as node:
         w3 = Web3(Web3.HTTPProvider(node.url))
-        registrar, seller, buyer = list(w3.eth.accounts)[:3]
-        market = deploy_market(w3, registrar, timestep=900, min_bid_increment=10**9)
-        chain = Chain(w3, market, registrar, list(w3.eth.accounts), Domain(w3.eth.chain_id, market.address))
+        chain = Chain.deploy(w3, deploy_token(w3, w3.eth.accounts[0]) if mode == ERC20 else None)
+        seller, buyer = chain.accounts[1:3]
         meter = reported_meter(chain, buyer)
         offer = chain.create_offer(seller, 1000, PRICE, 3600)
         ends = chain.offer(offer)["biddingEnds"]
@@ -315,33 +320,70 @@ def test_bidding_ends_past_2106() -> None:
         assert chain.now() > 2**32
         chain.place_bid(offer, buyer, meter.address, PRICE)
         chain.travel(3600)
-        chain.tx(market.functions.finalize(offer), seller)
+        chain.tx(chain.market.functions.finalize(offer), seller)
         assert STATUS[chain.offer(offer)["status"]] == "Active"
+        chain.assert_conserved()
 
 
-# ------------------------------------------------------------------ F10: forced Ether belongs to nobody
+# ------------------------------------------------------------------ F10: currency sent from outside belongs to nobody
 
 
-def test_forced_ether_is_surplus_and_everyone_still_withdraws_exactly(chain: Chain, buyer: str, seller: str) -> None:
+def force_ether(chain: Chain, amount: int) -> None:
+    """Force Ether into the market, which has no receive(): init code that self-destructs at once,
+    sending its value to the market (PUSH20 market, SELFDESTRUCT)."""
+    init = "0x73" + chain.market.address[2:].lower() + "ff"
+    tx = chain.w3.eth.send_transaction({"from": chain.accounts[9], "data": HexStr(init), "value": Wei(amount)})
+    assert chain.w3.eth.wait_for_transaction_receipt(tx)["status"] == 1
+
+
+def transfer_tokens(chain: Chain, amount: int) -> None:
+    """Transfer tokens straight to the market, past its functions: nothing records them."""
+    assert chain.token is not None
+    chain.fund(chain.accounts[9], amount)
+    chain.tx(chain.token.functions.transfer(chain.market.address, amount), chain.accounts[9])
+
+
+def assert_surplus_is_nobodys(chain: Chain, buyer: str, seller: str, send: Callable[[Chain, int], None]) -> None:
     m = chain.market.functions
     meter = reported_meter(chain, buyer)
     connection = chain.award(seller, buyer, meter.address, 2000, PRICE)
     reading, t = reading_at(chain, meter, BASELINE + 500)
     chain.settle_at(t, reading)
-    # Init code that self-destructs at once, sending its value to the market: PUSH20 market, SELFDESTRUCT.
-    forced = 12345
-    init = "0x73" + chain.market.address[2:].lower() + "ff"
-    tx = chain.w3.eth.send_transaction({"from": chain.accounts[9], "data": HexStr(init), "value": Wei(forced)})
-    assert chain.w3.eth.wait_for_transaction_receipt(tx)["status"] == 1
-    assert chain.balance() == chain.held() + forced
-    chain.assert_conserved(surplus=forced)
+    surplus = 12345
+    send(chain, surplus)
+    assert chain.balance() == chain.held() + surplus
+    chain.assert_conserved(surplus=surplus)
 
     chain.tx(m.closeConnection(connection), buyer)
     chain.travel(TIMESTEP + 1)
     chain.tx(m.release(connection), chain.accounts[-1])
-    chain.withdraw_all(seller)
-    chain.withdraw_all(buyer)
+    for account, owed in ((seller, pay(PRICE, 500)), (buyer, escrow(PRICE, 2000) - pay(PRICE, 500))):
+        before = chain.funds(account)
+        receipt = chain.withdraw_all(account)
+        assert chain.funds(account) - before + chain.fee(receipt) == owed  # exactly its own, no share of the surplus
     assert chain.held() == 0
-    assert chain.balance() == forced  # nobody's: no account can withdraw it
+    assert chain.balance() == surplus  # nobody's: no account can withdraw it
     for account in (seller, buyer, chain.accounts[9]):
         assert chain.reverts(m.withdraw(), account) == ("NothingToWithdraw", ())
+
+
+@only(NATIVE)
+def test_forced_ether_is_surplus_and_everyone_still_withdraws_exactly(chain: Chain, buyer: str, seller: str) -> None:
+    assert_surplus_is_nobodys(chain, buyer, seller, force_ether)
+
+
+@only(ERC20)
+def test_tokens_sent_straight_to_the_market_are_surplus_and_everyone_still_withdraws_exactly(
+    chain: Chain, buyer: str, seller: str
+) -> None:
+    """F10 in a token market: a plain `transfer` to the market, which it cannot refuse."""
+    assert_surplus_is_nobodys(chain, buyer, seller, transfer_tokens)
+
+
+@only(ERC20)
+def test_ether_forced_into_a_token_market_is_not_its_currency(chain: Chain, buyer: str, seller: str) -> None:
+    """Ether forced into a token market changes nothing the market counts: its currency is the token."""
+    force_ether(chain, 777)
+    assert chain.w3.eth.get_balance(chain.market.address) == 777
+    assert chain.balance() == 0
+    assert_surplus_is_nobodys(chain, buyer, seller, transfer_tokens)

@@ -1,6 +1,7 @@
 """Registrar rules: who may register and revoke meters, and what a registration means.
 
-Also the market's identity: ERC-165 and the EIP-712 domain meters sign for.
+Also the market's identity: ERC-165, the EIP-712 domain meters sign for, and its currency; the
+same in both currency modes.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from eth_utils.crypto import keccak
 from web3.exceptions import ContractCustomError
 
 from devchain.deploy import deploy_market
-from tests.chain import SKIP, Chain, custom_error
+from tests.chain import NATIVE, SKIP, Chain, custom_error
 
 ZERO = "0x0000000000000000000000000000000000000000"
 
@@ -123,7 +124,7 @@ def test_deploy_announces_registrar_and_rejects_zero(chain: Chain) -> None:
     mine = [dict(e["args"]) for e in deployed if e["address"] == chain.market.address]
     assert mine == [{"previousRegistrar": ZERO, "newRegistrar": chain.registrar}]
     with pytest.raises(ContractCustomError) as exc:
-        deploy_market(chain.w3, chain.accounts[0], registrar=ZERO)
+        deploy_market(chain.w3, chain.accounts[0], registrar=ZERO, currency=chain.currency)
     assert custom_error(exc.value) == ("ZeroAddress", ())
 
 
@@ -188,3 +189,11 @@ def test_eip712_domain_matches_what_meters_sign(chain: Chain) -> None:
     assert extensions == []
     assert m.domainSeparator().call() == chain.domain.separator()
     assert m.READING_TYPEHASH().call() == keccak(text="Reading(address meter,uint64 cumulativeWh,uint64 timestamp)")
+
+
+def test_currency_is_the_one_fixed_at_deployment(chain: Chain) -> None:
+    """currency() is address(0) in a native market, else the token; readings sign for the same
+    domain in both (see the test above), so a meter needs no change."""
+    currency = chain.market.functions.currency().call()
+    assert currency == chain.currency
+    assert (currency == ZERO) == (chain.mode == NATIVE)

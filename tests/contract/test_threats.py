@@ -12,7 +12,7 @@ from eth_typing import ChecksumAddress
 from web3.exceptions import ContractCustomError
 from web3.types import TxParams, Wei
 
-from tests.chain import SKIP, STATUS, Chain, custom_error, gas_cost
+from tests.chain import SKIP, STATUS, Chain, custom_error
 
 PRICE = 10**12 + 7  # wei per kWh
 CAP = 5000  # Wh
@@ -95,18 +95,19 @@ def test_front_run_bid_costs_the_victim_only_gas(
     chain: Chain, seller: str, buyer: ChecksumAddress, attacker: str
 ) -> None:
     """A front-runner's bid lands first: the victim's bid at the same price reverts with the price it
-    must beat, and the victim loses only the gas of the failed transaction, never the escrow."""
+    must beat, and the victim loses only the gas of the failed transaction, never the escrow (in a
+    token market the approved escrow stays in the victim's wallet)."""
     m = chain.market.functions
     victim_meter = reported_meter(chain, buyer)
     attacker_meter = reported_meter(chain, attacker)
     offer = chain.create_offer(seller, CAP, PRICE)
     chain.place_bid(offer, attacker, attacker_meter.address, PRICE)
-    before = chain.w3.eth.get_balance(buyer)
-    params: TxParams = {"from": buyer, "value": Wei(chain.escrow_for(offer, PRICE)), "gas": 300_000}
+    params: TxParams = {"from": buyer, "value": Wei(chain.bring(buyer, chain.escrow_for(offer, PRICE))), "gas": 300_000}
+    before = chain.funds(buyer)
     tx_hash = m.bid(offer, PRICE, victim_meter.address).transact(params)
     receipt = chain.w3.eth.wait_for_transaction_receipt(tx_hash)
     assert receipt["status"] == 0
-    assert chain.w3.eth.get_balance(buyer) == before - gas_cost(receipt)
+    assert chain.funds(buyer) == before - chain.fee(receipt)
     with pytest.raises(ContractCustomError) as err:
         m.bid(offer, PRICE, victim_meter.address).call(params)
     assert custom_error(err.value) == ("BidTooLow", (PRICE + 10**9,))

@@ -1,40 +1,23 @@
-"""Pull payments: withdraw, claim, the account views, and re-entrancy from a malicious receiver."""
+"""Pull payments: withdraw, claim, the account views, and re-entrancy from a malicious receiver.
+
+In both currency modes, except the receiver whose receive() re-enters the market: Ether only (a
+token market's counterpart, a token that calls back into the market, is in test_token.py)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
 from eth_account.signers.local import LocalAccount
 from eth_utils.crypto import keccak
-from web3 import Web3
 from web3.contract import Contract
 
-from devchain.anvil import REPO_ROOT
-from tests.chain import STATUS, Chain, gas_cost
+from tests.chain import NATIVE, STATUS, Chain, only
+from tests.contract.solidity import deploy
 
 PRICE = 10**12 + 7  # wei per kWh
 BASELINE = 1000
 STEP = 10**9  # the fixture's minBidIncrement
-REENTERER_SOURCE = Path(__file__).with_name("Reenterer.sol")
-# Compiles Reenterer.sol (path in argv) with the repository's pinned solcjs; prints {abi, bytecode}.
-COMPILE_JS = """
-const solc = require("solc");
-const source = require("fs").readFileSync(process.argv[1], "utf8");
-const input = {
-  language: "Solidity",
-  sources: { "Reenterer.sol": { content: source } },
-  settings: { evmVersion: "cancun", outputSelection: { "*": { Reenterer: ["abi", "evm.bytecode.object"] } } },
-};
-const out = JSON.parse(solc.compile(JSON.stringify(input)));
-const errors = (out.errors || []).filter((e) => e.severity === "error");
-if (errors.length) { console.error(errors.map((e) => e.formattedMessage).join("\\n")); process.exit(1); }
-const c = out.contracts["Reenterer.sol"].Reenterer;
-process.stdout.write(JSON.stringify({ abi: c.abi, bytecode: "0x" + c.evm.bytecode.object }));
-"""
 # Reenterer.Mode
 ACCEPT, WITHDRAW, WITHDRAW_SWALLOW, BID = range(4)
 ZERO = "0x0000000000000000000000000000000000000000"
@@ -52,30 +35,10 @@ def selector(signature: str) -> bytes:
     return keccak(text=signature)[:4]
 
 
-@pytest.fixture(scope="session")
-def reenterer_artifact() -> dict[str, Any]:
-    """Reenterer.sol compiled once per session with node_modules/solc."""
-    done = subprocess.run(
-        ["node", "-e", COMPILE_JS, str(REENTERER_SOURCE)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    artifact: dict[str, Any] = json.loads(done.stdout)
-    return artifact
-
-
 @pytest.fixture
-def reenterer(chain: Chain, reenterer_artifact: dict[str, Any]) -> Contract:
-    """A malicious receiver deployed against this test's market."""
-    factory = chain.w3.eth.contract(abi=reenterer_artifact["abi"], bytecode=reenterer_artifact["bytecode"])
-    tx_hash = factory.constructor(chain.market.address).transact({"from": chain.accounts[20]})
-    address = chain.w3.eth.wait_for_transaction_receipt(tx_hash)["contractAddress"]
-    assert address is not None
-    return chain.w3.eth.contract(address=address, abi=reenterer_artifact["abi"])
+def reenterer(chain: Chain, test_contracts: dict[str, dict[str, Any]]) -> Contract:
+    """A malicious receiver (Reenterer.sol) deployed against this test's market."""
+    return deploy(chain.w3, test_contracts["Reenterer"], chain.accounts[20], chain.market.address)
 
 
 def reported_meter(chain: Chain, owner: str) -> LocalAccount:
@@ -89,16 +52,12 @@ def deliver(chain: Chain, meter: LocalAccount, cumulative_wh: int) -> None:
     chain.settle_at(t, chain.sign(meter, cumulative_wh, t))
 
 
-def eth(chain: Chain, account: str) -> int:
-    return int(chain.w3.eth.get_balance(Web3.to_checksum_address(account)))
-
-
 def withdraw(chain: Chain, account: str) -> tuple[int, Any]:
-    """claimAndWithdraw as `account`, claiming all its open connections: (wei it gained net of gas,
-    receipt)."""
-    before = eth(chain, account)
+    """claimAndWithdraw as `account`, claiming all its open connections: (currency it gained, net
+    of gas in native mode, receipt)."""
+    before = chain.funds(account)
     receipt = chain.withdraw_all(account)
-    return eth(chain, account) - before + gas_cost(receipt), receipt
+    return chain.funds(account) - before + chain.fee(receipt), receipt
 
 
 def test_withdraw_pays_outbid_credit(chain: Chain, seller: str, buyer: str, meter: LocalAccount) -> None:
@@ -144,9 +103,9 @@ def test_plain_withdraw_pays_stored_credit_only(chain: Chain, seller: str, buyer
     assert chain.reverts(m.withdraw(), seller) == ("NothingToWithdraw", ())
     chain.tx(m.claim(connection), chain.accounts[9])
     assert chain.stored_credit(seller) == pay(PRICE, 1234)
-    before = eth(chain, seller)
+    before = chain.funds(seller)
     receipt = chain.tx(m.withdraw(), seller)
-    assert eth(chain, seller) - before + gas_cost(receipt) == pay(PRICE, 1234)
+    assert chain.funds(seller) - before + chain.fee(receipt) == pay(PRICE, 1234)
     assert chain.events(receipt, "PaymentClaimed") == []
     chain.assert_conserved()
 
@@ -276,7 +235,7 @@ def test_account_views(chain: Chain, seller: str, buyer: str, meter: LocalAccoun
     chain.assert_conserved()
 
 
-# ------------------------------------------------------------------ re-entrancy
+# ------------------------------------------------------------------ re-entrancy (Ether: receive() re-enters)
 
 
 def reenterer_with_credit(chain: Chain, reenterer: Contract, seller: str, buyer: str, meter: LocalAccount) -> int:
@@ -291,6 +250,7 @@ def reenterer_with_credit(chain: Chain, reenterer: Contract, seller: str, buyer:
     return credit
 
 
+@only(NATIVE)
 def test_reentrant_withdraw_reverts_whole_payout(
     chain: Chain, reenterer: Contract, seller: str, buyer: str, meter: LocalAccount
 ) -> None:
@@ -304,7 +264,7 @@ def test_reentrant_withdraw_reverts_whole_payout(
         (reenterer.address, credit),
     )
     assert chain.balance() == market_before
-    assert eth(chain, reenterer.address) == 0
+    assert chain.funds(reenterer.address) == 0
     assert reenterer.functions.received().call() == 0
     assert chain.credit(reenterer.address) == credit
     chain.assert_conserved(reenterer.address)
@@ -312,13 +272,14 @@ def test_reentrant_withdraw_reverts_whole_payout(
     # Disarmed, it is paid its credit, once.
     chain.tx(reenterer.functions.arm(ACCEPT, 0, 0, ZERO), attacker)
     chain.tx(reenterer.functions.withdraw(), attacker)
-    assert eth(chain, reenterer.address) == credit
+    assert chain.funds(reenterer.address) == credit
     assert reenterer.functions.payments().call() == 1
     assert chain.credit(reenterer.address) == 0
     assert chain.balance() == market_before - credit
     chain.assert_conserved(reenterer.address)
 
 
+@only(NATIVE)
 def test_reentrant_withdraw_swallowed_pays_once(
     chain: Chain, reenterer: Contract, seller: str, buyer: str, meter: LocalAccount
 ) -> None:
@@ -331,12 +292,13 @@ def test_reentrant_withdraw_swallowed_pays_once(
     assert reenterer.functions.innerError().call() == selector("Reentrancy()")
     assert reenterer.functions.payments().call() == 1
     assert reenterer.functions.received().call() == credit
-    assert eth(chain, reenterer.address) == credit
+    assert chain.funds(reenterer.address) == credit
     assert chain.balance() == market_before - credit
     assert chain.credit(reenterer.address) == 0
     chain.assert_conserved(reenterer.address)
 
 
+@only(NATIVE)
 def test_reentrant_withdraw_as_seller_pays_once(
     chain: Chain, reenterer: Contract, buyer: str, meter: LocalAccount
 ) -> None:
@@ -361,13 +323,14 @@ def test_reentrant_withdraw_as_seller_pays_once(
 
     chain.tx(reenterer.functions.arm(WITHDRAW_SWALLOW, 0, 0, ZERO), attacker)
     chain.tx(reenterer.functions.claimAndWithdraw([offer_id]), attacker)
-    assert eth(chain, reenterer.address) == earned
+    assert chain.funds(reenterer.address) == earned
     assert reenterer.functions.payments().call() == 1
     assert chain.credit(reenterer.address) == 0
     assert chain.escrow(buyer) == escrow(PRICE, 5000) - earned
     chain.assert_conserved(reenterer.address)
 
 
+@only(NATIVE)
 def test_reentrant_bid_during_payout_keeps_books_straight(
     chain: Chain, reenterer: Contract, seller: str, buyer: str, meter: LocalAccount
 ) -> None:
@@ -387,14 +350,14 @@ def test_reentrant_bid_during_payout_keeps_books_straight(
     assert chain.events(receipt, "Withdrawn") == [{"account": reenterer.address, "amountWei": credit}]
     assert chain.events(receipt, "Outbid") == [{"id": other, "bidder": reenterer.address, "refundWei": held}]
     assert chain.offer(other)["highestPricePerKWh"] == raised
-    assert eth(chain, reenterer.address) == credit - escrow(raised, 1000)
+    assert chain.funds(reenterer.address) == credit - escrow(raised, 1000)
     assert chain.escrow(reenterer.address) == escrow(raised, 1000)
     assert chain.credit(reenterer.address) == held  # the replaced bid's escrow, not the payout again
     chain.assert_conserved(reenterer.address)
 
     chain.tx(reenterer.functions.arm(ACCEPT, 0, 0, ZERO), attacker)
     chain.tx(reenterer.functions.withdraw(), attacker)
-    assert eth(chain, reenterer.address) == credit - escrow(raised, 1000) + held
+    assert chain.funds(reenterer.address) == credit - escrow(raised, 1000) + held
     assert reenterer.functions.received().call() == credit + held
     assert chain.credit(reenterer.address) == 0
     assert chain.reverts(reenterer.functions.withdraw(), attacker) == ("NothingToWithdraw", ())

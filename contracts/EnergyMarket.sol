@@ -487,9 +487,9 @@ contract EnergyMarket {
         bytes32 s
     ) external {
         if (currency == address(0)) revert NotATokenMarket();
-        uint256 required = _escrow(pricePerKWh, _existing(id).energyWh);
+        uint256 required = _placeBid(id, pricePerKWh, meter);
         try IERC20Permit(currency).permit(msg.sender, address(this), required, deadline, v, r, s) {} catch {}
-        _pullExact(_placeBid(id, pricePerKWh, meter));
+        _pullExact(required);
     }
 
     /// @dev Checks a bid and records it; returns the escrow it must bring.
@@ -695,6 +695,7 @@ contract EnergyMarket {
 
     /// @notice Wei to send with a bid of `pricePerKWh` on offer `id`: price × energy / 1000, rounded up.
     function escrowFor(uint256 id, uint256 pricePerKWh) external view returns (uint256) {
+        if (pricePerKWh > type(uint72).max) revert InvalidPrice(pricePerKWh);
         return _escrow(pricePerKWh, _existing(id).energyWh);
     }
 
@@ -1018,8 +1019,8 @@ contract EnergyMarket {
         IERC20 token = IERC20(currency);
         uint256 before = token.balanceOf(address(this));
         token.safeTransferFrom(msg.sender, address(this), amount);
-        uint256 received = token.balanceOf(address(this)) - before;
-        if (received != amount) revert TokenAmountMismatch(amount, received);
+        uint256 balance = token.balanceOf(address(this));
+        if (balance != before + amount) revert TokenAmountMismatch(amount, balance > before ? balance - before : 0);
         _locked = false;
     }
 

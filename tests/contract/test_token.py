@@ -489,6 +489,17 @@ def test_a_bad_permit_without_allowance_reverts(
     chain.assert_conserved()
 
 
+def test_an_absurd_price_is_invalid_not_a_panic(chain: Chain, offer: int, buyer: str, meter: LocalAccount) -> None:
+    """bidWithPermit checks the bid before it computes the permit's amount; escrowFor checks the price."""
+    price = 2**255
+    no_permit = (0, 27, bytes(32), bytes(32))
+    bid = chain.market.functions.bidWithPermit(offer, price, meter.address, *no_permit)
+    assert chain.reverts(bid, buyer) == ("InvalidPrice", (price,))
+    assert chain.reverts(chain.market.functions.escrowFor(offer, price), buyer) == ("InvalidPrice", (price,))
+    assert chain.reverts(chain.market.functions.escrowFor(offer, 2**72), buyer) == ("InvalidPrice", (2**72,))
+    assert chain.market.functions.escrowFor(offer, 2**72 - 1).call() == escrow(2**72 - 1, 5000)
+
+
 def test_bid_with_permit_in_a_native_market_is_refused(w3: Web3) -> None:
     native = Chain.deploy(w3)
     buyer = native.accounts[2]

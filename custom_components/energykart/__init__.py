@@ -5,12 +5,10 @@ from __future__ import annotations
 from homeassistant.const import Platform
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers import config_validation as cv
-from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers.typing import ConfigType
 
 from .const import DOMAIN
 from .coordinator import EnergyKartConfigEntry, EnergyKartCoordinator
-from .entity import wallet_device_info
 from .services import async_setup_services
 
 PLATFORMS: list[Platform] = [Platform.BINARY_SENSOR, Platform.BUTTON, Platform.SENSOR, Platform.SWITCH]
@@ -24,22 +22,18 @@ async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
 
 
 async def async_setup_entry(hass: HomeAssistant, entry: EnergyKartConfigEntry) -> bool:
-    """Set up an Energy-Kart wallet from a config entry."""
+    """Set up an Energy-Kart wallet from a config entry.
+
+    There is no update listener: the flows that change the entry (options, reauthentication,
+    reconfiguration) reload it themselves, once.
+    """
     coordinator = EnergyKartCoordinator(hass, entry)
     await coordinator.async_config_entry_first_refresh()
     entry.runtime_data = coordinator
-    # The wallet device first: connection devices name it as their parent (via_device).
-    dr.async_get(hass).async_get_or_create(config_entry_id=entry.entry_id, **wallet_device_info(entry))
     await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
-    entry.async_on_unload(entry.add_update_listener(_async_options_updated))
     return True
 
 
 async def async_unload_entry(hass: HomeAssistant, entry: EnergyKartConfigEntry) -> bool:
     """Unload a config entry."""
     return await hass.config_entries.async_unload_platforms(entry, PLATFORMS)
-
-
-async def _async_options_updated(hass: HomeAssistant, entry: EnergyKartConfigEntry) -> None:
-    """Reload so a new poll interval or new source entities take effect."""
-    await hass.config_entries.async_reload(entry.entry_id)

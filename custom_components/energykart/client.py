@@ -22,7 +22,7 @@ from web3.contract.async_contract import AsyncContract, AsyncContractFunction
 from web3.exceptions import ContractLogicError, ProviderConnectionError, Web3Exception
 from web3.types import LogReceipt, TxReceipt
 
-from .contract import ABI, DOMAIN_NAME, DOMAIN_VERSION, EVENTS, MARKET_ERRORS, Connection, Offer, Status, error_name
+from .contract import ABI, DOMAIN_NAME, DOMAIN_VERSION, EVENTS, MARKET_ERRORS, Connection, Offer, Status, decode_error
 from .currency import Currency, read_currency, token_contract
 from .errors import (
     EnergyKartConnectionError,
@@ -40,6 +40,11 @@ from .transactions import CallKey, Transactor, call_key
 ACCOUNT_PAGE = 100
 OFFER_PAGE = 100
 MAX_PAGES = 10
+# The market's logs are read in ranges of LOG_RANGE blocks, one eth_getLogs call each: hosted
+# providers refuse wider ranges (or more than 10,000 results). An update reads at most
+# LOG_RANGES_PER_UPDATE of them, so a long history is caught up over several updates.
+LOG_RANGE = 1_000
+LOG_RANGES_PER_UPDATE = 20
 # claimAndWithdraw claims at most this many connections in one transaction (about 10k gas each).
 MAX_CLAIMS = 200
 # A bid's permit is valid this long after the latest block: time enough to be mined, or resumed.
@@ -64,8 +69,8 @@ class MarketEvent:
 
 @dataclass(frozen=True, slots=True)
 class MarketRead:
-    """Everything one update reads: one batched round trip, plus the further pages of a large
-    account or market at the same block. Money in the currency's smallest unit."""
+    """The market at one block: one batched round trip, plus the further pages of a large account
+    or market at the same block. Money in the currency's smallest unit."""
 
     block: int
     balance_wei: int  # of the market's currency
@@ -76,7 +81,14 @@ class MarketRead:
     open_offers: tuple[Offer, ...]  # open for bids now
     offers: dict[int, Offer]
     connections: dict[int, Connection]
+
+
+@dataclass(frozen=True, slots=True)
+class LogRead:
+    """The market's events of the blocks up to `last_block` from where a read started."""
+
     events: tuple[MarketEvent, ...]
+    last_block: int
 
 
 def is_private_key(text: str) -> bool:
@@ -184,8 +196,8 @@ class EnergyKartClient:
             return None
         return Offer.from_tuple(raw)
 
-    async def read_market(self, offer_ids: Iterable[int], connection_ids: Iterable[int], from_block: int) -> MarketRead:
-        """One batched round trip: account, market, the given records and the logs since `from_block`."""
+    async def read_market(self, offer_ids: Iterable[int], connection_ids: Iterable[int]) -> MarketRead:
+        """One batched round trip: the block, the account, the market and the given records."""
         offer_ids = tuple(offer_ids)
         connection_ids = tuple(connection_ids)
         functions = self.contract.functions
@@ -196,11 +208,6 @@ class EnergyKartClient:
                 batch.add(self.w3.eth.get_balance(self.account))
                 batch.add(functions.accountOf(self.account, 0, ACCOUNT_PAGE))
                 batch.add(functions.openOffers(0, OFFER_PAGE))
-                batch.add(
-                    self.w3.eth.get_logs(
-                        {"address": self.contract.address, "fromBlock": from_block, "toBlock": "latest"}
-                    )
-                )
                 if token is not None:
                     batch.add(token.functions.balanceOf(self.account))
                 for offer_id in offer_ids:
@@ -210,9 +217,9 @@ class EnergyKartClient:
                 results: list[Any] = await batch.async_execute()
         except _TRANSPORT as err:
             raise EnergyKartConnectionError(str(err)) from err
-        block, gas_balance, account, page, logs = results[:5]
-        balance = gas_balance if token is None else results[5]
-        records: list[Any] = results[5 if token is None else 6 :]
+        block, gas_balance, account, page = results[:4]
+        balance = gas_balance if token is None else results[4]
+        records: list[Any] = results[4 if token is None else 5 :]
         credit, bid_escrow, ids, unclaimed, escrow, cursor = account
         ids = list(ids)
         offers, after = list(page[0]), page[1]
@@ -240,8 +247,23 @@ class EnergyKartClient:
                 connection_id: Connection.from_tuple(raw)
                 for connection_id, raw in zip(connection_ids, records[len(offer_ids) :], strict=True)
             },
-            events=self._decode(logs),
         )
+
+    async def read_logs(self, from_block: int, to_block: int) -> LogRead:
+        """The market's events from `from_block` on, in ranges of LOG_RANGE blocks: up to `to_block`,
+        or fewer blocks when that takes more than LOG_RANGES_PER_UPDATE calls."""
+        events: list[MarketEvent] = []
+        last = from_block - 1
+        for _ in range(LOG_RANGES_PER_UPDATE):
+            if last >= to_block:
+                break
+            end = min(to_block, last + LOG_RANGE)
+            logs = await self._guard(
+                self.w3.eth.get_logs({"address": self.contract.address, "fromBlock": last + 1, "toBlock": end})
+            )
+            events += self._decode(logs)  # a range holds whole blocks, so whole transactions
+            last = end
+        return LogRead(events=tuple(events), last_block=last)
 
     async def _call_at(self, function: AsyncContractFunction, block: int) -> Any:
         return await self._guard(function.call(block_identifier=block))
@@ -357,9 +379,9 @@ class EnergyKartClient:
         try:
             await self._guard(function.call({"from": self.account}))
         except ContractLogicError as err:
-            reason = error_name(err)
+            reason, details = decode_error(err)
             if reason in MARKET_ERRORS.values() and reason != "SafeERC20FailedOperation":
-                raise TransactionRejectedError(reason) from err
+                raise TransactionRejectedError(reason, details) from err
 
     async def _approve_exactly(self, token: AsyncContract, amount: int) -> None:
         """Set the market's allowance to exactly `amount`, as OpenZeppelin's `forceApprove` does.

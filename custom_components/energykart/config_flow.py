@@ -295,6 +295,11 @@ class EnergyKartOptionsFlow(OptionsFlow):
                 }
                 if meter:
                     options[CONF_METER_ADDRESS] = meter
+                # The entry has no update listener (next to async_update_reload_and_abort in the
+                # other flows, Home Assistant 2026.6+ reports one): new options take effect by one
+                # reload, scheduled here when they changed.
+                if self.hass.config_entries.async_update_entry(entry, options=options):
+                    self.hass.config_entries.async_schedule_reload(entry.entry_id)
                 return self.async_create_entry(data=options)
         schema = vol.Schema(
             {

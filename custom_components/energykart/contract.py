@@ -10,6 +10,8 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any, cast
 
+from eth_abi.abi import decode as abi_decode
+from eth_abi.exceptions import DecodingError
 from eth_typing import ABIEvent, ChecksumAddress
 from eth_utils.abi import event_abi_to_log_topic
 from eth_utils.crypto import keccak
@@ -30,21 +32,32 @@ def _selector(signature: str) -> str:
     return "0x" + keccak(text=signature)[:4].hex()
 
 
-MARKET_ERRORS = {
-    _selector(f"{item['name']}({','.join(i['type'] for i in item['inputs'])})"): str(item["name"])
-    for item in ABI
-    if item["type"] == "error"
+_MARKET_SIGNATURES = [
+    f"{item['name']}({','.join(i['type'] for i in item['inputs'])})" for item in ABI if item["type"] == "error"
+]
+MARKET_ERRORS = {_selector(signature): signature.partition("(")[0] for signature in _MARKET_SIGNATURES}
+# Every known custom error by selector: its name and its arguments' types.
+_ERRORS = {
+    _selector(signature): (name, [t for t in types.rstrip(")").split(",") if t])
+    for signature in (*_MARKET_SIGNATURES, *TOKEN_ERRORS)
+    for name, _, types in [signature.partition("(")]
 }
-_ERRORS = {**MARKET_ERRORS, **{_selector(signature): signature.partition("(")[0] for signature in TOKEN_ERRORS}}
 EVENTS = {
     HexBytes(event_abi_to_log_topic(cast(ABIEvent, item))): item["name"] for item in ABI if item["type"] == "event"
 }
 
 
-def error_name(err: ContractLogicError) -> str:
-    """The name of a contract's custom error (the market's, or a token's ERC-6093 one), from its revert data."""
+def decode_error(err: ContractLogicError) -> tuple[str, tuple[Any, ...]]:
+    """The name and arguments of a contract's custom error (the market's, or a token's ERC-6093 one),
+    from its revert data; ("Reverted", ()) when the data names no known error."""
     data = err.data if isinstance(err.data, str) else ""
-    return _ERRORS.get(data[:10], "Reverted")
+    if (known := _ERRORS.get(data[:10])) is None:
+        return "Reverted", ()
+    name, types = known
+    try:
+        return name, tuple(abi_decode(types, bytes.fromhex(data[10:])))
+    except (DecodingError, ValueError):  # the data is cut short: the name is still right
+        return name, ()
 
 
 class Status(IntEnum):

@@ -1,4 +1,4 @@
-"""Data update coordinator: one batched JSON-RPC round trip per update, plus the new logs."""
+"""Data update coordinator: one batched JSON-RPC round trip per update, plus the new logs in ranges."""
 
 from __future__ import annotations
 
@@ -10,12 +10,11 @@ from eth_typing import ChecksumAddress
 from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import ConfigEntryError
-from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
 from homeassistant.helpers.update_coordinator import DataUpdateCoordinator, UpdateFailed
-from web3.exceptions import ContractLogicError, Web3Exception, Web3RPCError
+from web3.exceptions import ContractLogicError, Web3Exception
 
-from .client import EnergyKartClient, MarketEvent, MarketRead
+from .client import EnergyKartClient, LogRead, MarketEvent, MarketRead
 from .const import (
     CONF_ACCOUNT,
     CONF_CONTRACT_ADDRESS,
@@ -36,6 +35,7 @@ from .const import (
 )
 from .contract import Connection, Offer, Status
 from .currency import Currency
+from .devices import async_sync_devices
 from .errors import EnergyKartConnectionError, EnergyKartError, UnsupportedCurrencyError, WrongContractError
 
 type EnergyKartConfigEntry = ConfigEntry[EnergyKartCoordinator]
@@ -43,7 +43,11 @@ type EnergyKartConfigEntry = ConfigEntry[EnergyKartCoordinator]
 
 @dataclass(frozen=True, slots=True)
 class EnergyKartData:
-    """The market as seen by one account after an update; money in the currency's smallest unit."""
+    """The market as seen by one account after an update; money in the currency's smallest unit.
+
+    The totals (energy sold and bought, earnings, spending) count ended connections from the logs:
+    they are None until the logs since the entry's start block are read.
+    """
 
     account: str
     block: int
@@ -54,10 +58,10 @@ class EnergyKartData:
     open_offers: tuple[Offer, ...]
     my_offers: dict[int, Offer]
     connections: dict[int, Connection]
-    energy_sold_wh: int
-    energy_bought_wh: int
-    earnings_wei: int
-    spending_wei: int
+    energy_sold_wh: int | None
+    energy_bought_wh: int | None
+    earnings_wei: int | None
+    spending_wei: int | None
 
 
 @dataclass(slots=True)
@@ -90,13 +94,15 @@ class EnergyKartCoordinator(DataUpdateCoordinator[EnergyKartData]):
             entry.data.get(CONF_PRIVATE_KEY),
         )
         self.account: ChecksumAddress = self.client.account
-        self._head: int = entry.data[CONF_START_BLOCK] - 1
+        self._cursor: int = entry.data[CONF_START_BLOCK] - 1  # the last block whose logs were read
         self._handled: dict[tuple[str, ...], int] = {}  # logs already handled, by key: their block
         self._history = _History()
         self._offers: set[int] = set()
         self._connections: set[int] = set()
         self._meters: dict[int, str] = {}
-        self._replaying = True  # the first update reads past logs without firing events
+        # Events fire for the logs of blocks after this one: none until the first update, then
+        # those after its block (the logs up to it are history), and every new one once that is read.
+        self._fire_after: int | None = None
 
     @property
     def currency(self) -> Currency:
@@ -141,6 +147,7 @@ class EnergyKartCoordinator(DataUpdateCoordinator[EnergyKartData]):
                 more_offers, more_connections = await self.client.read_records(unseen)
                 offers.update(more_offers)
                 connections.update(more_connections)
+            logs = await self._read_logs(read.block)
         except (EnergyKartError, Web3Exception) as err:
             raise UpdateFailed(
                 translation_domain=DOMAIN, translation_key="update_failed", translation_placeholders={"error": str(err)}
@@ -156,45 +163,45 @@ class EnergyKartCoordinator(DataUpdateCoordinator[EnergyKartData]):
                 self._history.ended[connection.id] = (connection.delivered_wh, connection.paid_wei)
         self._offers = set(my_offers)
         self._connections = set(live_connections)
-        events = self._new_events(read)
+        events = self._new_events(logs)
         self._read_history(events)
-        if not self._replaying:
-            self._fire_events(events, connections)
-        self._replaying = False
-        data = self._summarize(read, my_offers, live_connections)
-        self._remove_stale_devices(set(live_connections))
-        return data
+        if self._fire_after is None:
+            self._fire_after = read.block
+        self._fire_events(tuple(event for event in events if event.block > self._fire_after), connections)
+        history_read = logs.last_block >= read.block
+        if history_read:
+            self._fire_after = -1  # even in blocks a reorganisation or a node's restart put back
+        async_sync_devices(
+            self.hass, self.config_entry, {i: self.role_in(connection) for i, connection in live_connections.items()}
+        )
+        return self._summarize(read, my_offers, live_connections, history_read)
 
     async def _read_market(self) -> MarketRead:
-        """Read the market and the logs of the last blocks.
-
-        The logs of the last REORG_WINDOW blocks are read again in every update: a reorganisation
-        replaces recent blocks, and the logs of the new ones must be seen too.
-        """
-        start_block = self.config_entry.data[CONF_START_BLOCK]
-        query_from = max(start_block, self._head - REORG_WINDOW)
+        """The market at the latest block, with the account's open offers and connections read by id."""
         try:
-            return await self.client.read_market(sorted(self._offers), sorted(self._connections), query_from)
+            return await self.client.read_market(sorted(self._offers), sorted(self._connections))
         except ContractLogicError:
             # An offer or connection read by id is gone (a reorganisation undid it): read the ids afresh.
             self._offers.clear()
             self._connections.clear()
-            return await self.client.read_market((), (), query_from)
-        except Web3RPCError:
-            head = await self.client.block_number()
-            if head >= query_from:
-                raise
-            # The chain went back by more than the window (a node restarted from an older state).
-            return await self.client.read_market(
-                sorted(self._offers), sorted(self._connections), max(start_block, head - REORG_WINDOW)
-            )
+            return await self.client.read_market((), ())
 
-    def _new_events(self, read: MarketRead) -> tuple[MarketEvent, ...]:
+    async def _read_logs(self, head: int) -> LogRead:
+        """The logs after the last read block, up to `head` (in several updates when they are many).
+
+        The logs of the REORG_WINDOW blocks before it are read again: a reorganisation replaces
+        recent blocks, and the logs of the new ones must be seen too. A chain that went back by more
+        than that (a node restarted from an older state) is read again from the window before its head.
+        """
+        start_block = self.config_entry.data[CONF_START_BLOCK]
+        return await self.client.read_logs(max(start_block, min(self._cursor, head) - REORG_WINDOW), head)
+
+    def _new_events(self, logs: LogRead) -> tuple[MarketEvent, ...]:
         """The logs not handled before; remember them while they are inside the window."""
-        new = tuple(event for event in read.events if event.key not in self._handled)
+        new = tuple(event for event in logs.events if event.key not in self._handled)
         self._handled.update((event.key, event.block) for event in new)
-        self._head = read.block
-        oldest = read.block - REORG_WINDOW
+        self._cursor = logs.last_block
+        oldest = logs.last_block - REORG_WINDOW
         self._handled = {key: block for key, block in self._handled.items() if block >= oldest}
         return new
 
@@ -206,6 +213,10 @@ class EnergyKartCoordinator(DataUpdateCoordinator[EnergyKartData]):
                 self._meters[args["id"]] = args["meter"]
             elif event.name == "ConnectionEnded" and args["id"] in self._history.roles:
                 self._history.ended[args["id"]] = (args["deliveredWh"], args["paidWei"])
+
+    def role_in(self, connection: Connection) -> str:
+        """This account's role in one of its connections: buyer or seller."""
+        return "buyer" if connection.buyer == self.account else "seller"
 
     def _role(self, connection_id: int) -> str | None:
         seller, buyer = self._history.roles.get(connection_id, ("", ""))
@@ -287,7 +298,7 @@ class EnergyKartCoordinator(DataUpdateCoordinator[EnergyKartData]):
         )
 
     def _summarize(
-        self, read: MarketRead, my_offers: dict[int, Offer], connections: dict[int, Connection]
+        self, read: MarketRead, my_offers: dict[int, Offer], connections: dict[int, Connection], history_read: bool
     ) -> EnergyKartData:
         totals: dict[str, list[int]] = {"seller": [0, 0], "buyer": [0, 0]}
         for connection_id in self._history.roles:
@@ -312,20 +323,11 @@ class EnergyKartCoordinator(DataUpdateCoordinator[EnergyKartData]):
             open_offers=read.open_offers,
             my_offers=my_offers,
             connections=connections,
-            energy_sold_wh=totals["seller"][0],
-            energy_bought_wh=totals["buyer"][0],
-            earnings_wei=totals["seller"][1],
-            spending_wei=totals["buyer"][1],
+            energy_sold_wh=totals["seller"][0] if history_read else None,
+            energy_bought_wh=totals["buyer"][0] if history_read else None,
+            earnings_wei=totals["seller"][1] if history_read else None,
+            spending_wei=totals["buyer"][1] if history_read else None,
         )
-
-    def _remove_stale_devices(self, live: set[int]) -> None:
-        """Drop the devices of connections that ended (their entities go with them)."""
-        registry = dr.async_get(self.hass)
-        prefix = f"{self.config_entry.unique_id}_"
-        for device in dr.async_entries_for_config_entry(registry, self.config_entry.entry_id):
-            for domain, identifier in device.identifiers:
-                if domain == DOMAIN and identifier.startswith(prefix) and int(identifier[len(prefix) :]) not in live:
-                    registry.async_update_device(device.id, remove_config_entry_id=self.config_entry.entry_id)
 
     def describe_offer(self, offer: Offer) -> dict[str, Any]:
         """An offer as actions and attributes show it (prices in the currency per kWh)."""

@@ -1,25 +1,12 @@
-"""Base entities: the wallet device and a device per live connection."""
+"""Base entities: of the wallet device, and of a device per live connection."""
 
 from __future__ import annotations
 
-from homeassistant.config_entries import ConfigEntry
-from homeassistant.helpers.device_registry import DeviceEntryType, DeviceInfo
 from homeassistant.helpers.update_coordinator import CoordinatorEntity
 
-from .const import DOMAIN
 from .contract import Connection
 from .coordinator import EnergyKartCoordinator
-
-
-def wallet_device_info(entry: ConfigEntry) -> DeviceInfo:
-    """The wallet device of a config entry."""
-    return DeviceInfo(
-        identifiers={(DOMAIN, str(entry.unique_id))},
-        name=entry.title,
-        manufacturer="Energy-Kart",
-        model="Market wallet",
-        entry_type=DeviceEntryType.SERVICE,
-    )
+from .devices import connection_device_info, wallet_device_info
 
 
 class EnergyKartEntity(CoordinatorEntity[EnergyKartCoordinator]):
@@ -34,26 +21,20 @@ class EnergyKartEntity(CoordinatorEntity[EnergyKartCoordinator]):
 
 
 class EnergyKartConnectionEntity(CoordinatorEntity[EnergyKartCoordinator]):
-    """An entity of one connection's device; unavailable once the connection ended."""
+    """An entity of one connection's device; unavailable once the connection ended.
+
+    The coordinator registers the device under the wallet device before its entities are added.
+    """
 
     _attr_has_entity_name = True
 
     def __init__(self, coordinator: EnergyKartCoordinator, connection_id: int, key: str) -> None:
         super().__init__(coordinator)
-        wallet_id = str(coordinator.config_entry.unique_id)
+        entry = coordinator.config_entry
         self.connection_id = connection_id
-        self._attr_unique_id = f"{wallet_id}_{connection_id}-{key}"
-        connection = coordinator.data.connections[connection_id]
-        role = "buyer" if connection.buyer == coordinator.account else "seller"
-        self._attr_device_info = DeviceInfo(
-            identifiers={(DOMAIN, f"{wallet_id}_{connection_id}")},
-            translation_key=f"connection_{role}",
-            translation_placeholders={"id": str(connection_id)},
-            name=f"Connection {connection_id}",
-            manufacturer="Energy-Kart",
-            model="Connection",
-            entry_type=DeviceEntryType.SERVICE,
-            via_device=(DOMAIN, wallet_id),
+        self._attr_unique_id = f"{entry.unique_id}_{connection_id}-{key}"
+        self._attr_device_info = connection_device_info(
+            entry, connection_id, coordinator.role_in(coordinator.data.connections[connection_id])
         )
 
     @property

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class EnergyKartError(Exception):
     """Base class of the client's errors."""
@@ -74,8 +76,10 @@ class TransactionLostError(EnergyKartError):
 
 
 class TransactionRejectedError(EnergyKartError):
-    """The contract rejects the transaction; `reason` is its custom error's name."""
+    """The contract rejects the transaction; `reason` is its custom error's name, `details` its
+    arguments (BidTooLow's minimum price), when the node returned them."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
+    def __init__(self, reason: str, details: tuple[Any, ...] = ()) -> None:
+        super().__init__(reason, *details)
         self.reason = reason
+        self.details = details

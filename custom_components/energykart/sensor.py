@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
+import homeassistant.const as ha_const
 from homeassistant.components.sensor import (
     SensorDeviceClass,
     SensorEntity,
@@ -14,7 +15,6 @@ from homeassistant.components.sensor import (
     SensorStateClass,
 )
 from homeassistant.const import (
-    PERCENTAGE,
     STATE_UNAVAILABLE,
     STATE_UNKNOWN,
     EntityCategory,
@@ -34,6 +34,11 @@ from .currency import NATIVE, Currency
 from .entity import EnergyKartConnectionEntity, EnergyKartEntity
 
 PARALLEL_UPDATES = 0
+# The unit of percentages: UnitOfRatio.PERCENTAGE where Home Assistant has it (2026.x, whose docs
+# deprecate the PERCENTAGE constant), else PERCENTAGE (2025.x has no UnitOfRatio). Its plain value
+# "%" either way, so the state and its statistics carry the same unit on every version.
+_RATIO = getattr(ha_const, "UnitOfRatio", None)
+PERCENT: str = _RATIO.PERCENTAGE.value if _RATIO is not None else ha_const.PERCENTAGE
 
 
 class Money(StrEnum):
@@ -58,6 +63,10 @@ class ConnectionSensorEntityDescription(SensorEntityDescription):
 
     value_fn: Callable[[Connection], StateType]
     money: Money | None = None
+
+
+def _kwh(wh: int | None) -> float | None:
+    return None if wh is None else wh / 1000
 
 
 def _best_open_price(data: EnergyKartData) -> int | None:
@@ -136,7 +145,7 @@ SENSORS: tuple[EnergyKartSensorEntityDescription, ...] = (
         state_class=SensorStateClass.TOTAL_INCREASING,
         native_unit_of_measurement=UnitOfEnergy.KILO_WATT_HOUR,
         suggested_display_precision=3,
-        value_fn=lambda data: data.energy_sold_wh / 1000,
+        value_fn=lambda data: _kwh(data.energy_sold_wh),
     ),
     EnergyKartSensorEntityDescription(
         key="energy_bought",
@@ -145,7 +154,7 @@ SENSORS: tuple[EnergyKartSensorEntityDescription, ...] = (
         state_class=SensorStateClass.TOTAL_INCREASING,
         native_unit_of_measurement=UnitOfEnergy.KILO_WATT_HOUR,
         suggested_display_precision=3,
-        value_fn=lambda data: data.energy_bought_wh / 1000,
+        value_fn=lambda data: _kwh(data.energy_bought_wh),
     ),
     EnergyKartSensorEntityDescription(
         key="earnings",
@@ -366,7 +375,7 @@ class BatterySocSensor(_SourceSensor):
 
     _attr_translation_key = "battery_soc"
     _attr_device_class = SensorDeviceClass.BATTERY
-    _attr_native_unit_of_measurement = PERCENTAGE
+    _attr_native_unit_of_measurement = PERCENT
     _attr_suggested_display_precision = 0
     _sources = (CONF_BATTERY_SOC,)
 

@@ -70,9 +70,9 @@ BID_SCHEMA: Final = vol.Schema(
 CLOSE_SCHEMA: Final = vol.Schema({**_ENTRY, vol.Required(ATTR_CONNECTION_ID): vol.Coerce(int)})
 ENTRY_SCHEMA: Final = vol.Schema(_ENTRY)
 
-# The contract's custom errors that a user's input causes, and the message each gets.
+# The contract's custom errors that a user's input causes, and the message each gets (BidTooLow's
+# tells the minimum price, from the error's argument: see _rejected).
 _REJECTIONS: Final = {
-    "BidTooLow": "price_too_low",
     "BiddingOver": "offer_not_open",
     "WrongStatus": "wrong_status",
     "UnknownOffer": "unknown_offer",
@@ -139,13 +139,7 @@ async def _send[T](coordinator: EnergyKartCoordinator, transaction: Awaitable[T]
             symbol=currency.symbol,
         ) from err
     except TransactionRejectedError as err:
-        if key := _REJECTIONS.get(err.reason):
-            raise _invalid(key) from err
-        raise HomeAssistantError(
-            translation_domain=DOMAIN,
-            translation_key="transaction_rejected",
-            translation_placeholders={"reason": err.reason},
-        ) from err
+        raise _rejected(coordinator.currency, err) from err
     except TransactionUnconfirmedError as err:
         raise HomeAssistantError(
             translation_domain=DOMAIN,
@@ -162,6 +156,19 @@ async def _send[T](coordinator: EnergyKartCoordinator, transaction: Awaitable[T]
         raise _unreachable() from err
     await coordinator.async_refresh()
     return result
+
+
+def _rejected(currency: Currency, err: TransactionRejectedError) -> HomeAssistantError:
+    """The message of a transaction the contract refused: what to fix, else the error's name."""
+    if err.reason == "BidTooLow" and err.details:
+        return _invalid("price_too_low", minimum=currency.text(err.details[0]), symbol=currency.symbol)
+    if key := _REJECTIONS.get(err.reason):
+        return _invalid(key)
+    return HomeAssistantError(
+        translation_domain=DOMAIN,
+        translation_key="transaction_rejected",
+        translation_placeholders={"reason": err.reason},
+    )
 
 
 def _unreachable() -> HomeAssistantError:

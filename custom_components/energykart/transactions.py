@@ -23,7 +23,7 @@ from web3.exceptions import (
 )
 from web3.types import TxParams, TxReceipt, Wei
 
-from .contract import error_name
+from .contract import decode_error
 from .errors import (
     EnergyKartConnectionError,
     InsufficientFundsError,
@@ -136,7 +136,7 @@ class Transactor:
             params: TxParams = {"from": self.account, "value": Wei(value), "nonce": nonce}
             tx = await function.build_transaction(params)
         except (ContractCustomError, ContractLogicError) as err:
-            raise TransactionRejectedError(error_name(err)) from err
+            raise TransactionRejectedError(*decode_error(err)) from err
         fee = int(tx.get("maxFeePerGas", tx.get("gasPrice", 0)))
         required = value + int(tx["gas"]) * fee
         if balance < required:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 from homeassistant.config_entries import SOURCE_USER, ConfigEntryState
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
 
+import custom_components.energykart as integration
 from custom_components.energykart.const import (
     CONF_ACCOUNT,
     CONF_CONTRACT_ADDRESS,
@@ -245,3 +247,51 @@ async def test_options(hass: HomeAssistant, chain: Chain, anvil: Anvil) -> None:
     }
     assert entry.runtime_data.update_interval is not None
     assert entry.runtime_data.update_interval.total_seconds() == 60
+
+
+async def test_each_flow_reloads_the_entry_once(
+    hass: HomeAssistant, chain: Chain, anvil: Anvil, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Reauthentication, reconfiguration and new options each change the entry and set it up again
+    exactly once; unchanged options do not; and Home Assistant reports nothing about how it is
+    reloaded (2026.x reports an update listener next to async_update_reload_and_abort)."""
+    entry = await setup_entry(hass, market_entry(chain, anvil.url, SELLER, trading=False))
+    setups: list[str] = []
+    set_up = integration.async_setup_entry
+
+    async def counted(hass: HomeAssistant, entry: Any) -> bool:
+        setups.append(entry.entry_id)
+        return await set_up(hass, entry)
+
+    async def finish(result: Any, flow: Any, user_input: dict[str, Any]) -> Any:
+        result = await flow.async_configure(result["flow_id"], user_input)
+        await hass.async_block_till_done()
+        return result
+
+    with patch.object(integration, "async_setup_entry", counted):
+        result = await finish(
+            await entry.start_reauth_flow(hass), hass.config_entries.flow, {CONF_PRIVATE_KEY: key_hex(SELLER)}
+        )
+        assert result["reason"] == "reauth_successful"
+        assert entry.data[CONF_PRIVATE_KEY] == key_hex(SELLER)
+        assert len(setups) == 1
+
+        same_node = f"{anvil.url}/"
+        result = await finish(
+            await entry.start_reconfigure_flow(hass), hass.config_entries.flow, {CONF_RPC_URL: same_node}
+        )
+        assert result["reason"] == "reconfigure_successful"
+        assert entry.data[CONF_RPC_URL] == same_node
+        assert len(setups) == 2
+
+        options = hass.config_entries.options
+        result = await finish(await options.async_init(entry.entry_id), options, {CONF_SCAN_INTERVAL: 45})
+        assert result["type"] is FlowResultType.CREATE_ENTRY
+        assert len(setups) == 3
+        assert entry.runtime_data.update_interval.total_seconds() == 45
+
+        await finish(await options.async_init(entry.entry_id), options, {CONF_SCAN_INTERVAL: 45})
+        assert len(setups) == 3
+    assert setups == [entry.entry_id] * 3
+    assert entry.state is ConfigEntryState.LOADED
+    assert [record.getMessage() for record in caplog.records if record.name == "homeassistant.helpers.frame"] == []

@@ -128,8 +128,9 @@ class Reading:
 
 
 class MarketModel:
-    def __init__(self, registrar: str, time: int) -> None:
+    def __init__(self, registrar: str, time: int, *, token: bool = False) -> None:
         self.registrar = registrar
+        self.token = token  # a token market: bids send no value, the escrow is pulled with transferFrom
         self.time = time
         self.block_time = time - 1
         self.records: dict[int, Record] = {}
@@ -268,8 +269,9 @@ class MarketModel:
         if price > UINT72_MAX:
             raise Revert("InvalidPrice", price)
         required = escrow_wei(price, rec.energy_wh)
-        if value != required:
-            raise Revert("WrongEscrow", required, value)
+        expected_value = 0 if self.token else required
+        if value != expected_value:
+            raise Revert("WrongEscrow", expected_value, value)
         owner = self.meter_owner(meter)
         if owner != sender:
             raise Revert("NotMeterOwner", meter, owner)
@@ -285,7 +287,7 @@ class MarketModel:
             self.emit("Outbid", offer_id, rec.buyer, refund)
         rec.price, rec.buyer, rec.meter = price, sender, meter
         self._add("escrow", sender, required)
-        self.balance += value
+        self.balance += required
         self.emit("BidPlaced", offer_id, sender, meter, price, required)
 
     def finalize(self, offer_id: int) -> None:

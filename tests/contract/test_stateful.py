@@ -68,7 +68,7 @@ from web3 import Web3
 from web3.exceptions import ContractCustomError
 
 from devchain.anvil import Anvil
-from devchain.deploy import artifact, deploy_market
+from devchain.deploy import NATIVE, artifact, deploy_market, deploy_token
 from oracle.readings import Domain, SignedReading, reading_digest, sign_reading
 from tests.chain import error_name
 from tests.contract.model import (
@@ -325,6 +325,7 @@ class World:
     actors: list[str]
     meters: list[LocalAccount]
     model: MarketModel
+    token: str | None = None  # the market's ERC-20 currency; None: the native coin
     snapshot: str = ""
     history: dict[str, list[tuple[Packed, Reading]]] = field(default_factory=dict)
     coverage: Counter[str] = field(default_factory=Counter)  # examples that took each path
@@ -380,7 +381,8 @@ class Driver:
         if int(receipt["status"], 16) != 1:
             before = hex(int(receipt["blockNumber"], 16) - 1)
             raise AssertionError(f"{name}{args} from {sender} reverted: {self._simulate(tx, before, mined_at)}")
-        emitted = [self.abi.event(log) for log in receipt["logs"]]
+        market = self.world.market.lower()
+        emitted = [self.abi.event(log) for log in receipt["logs"] if log["address"].lower() == market]
         assert emitted == self.model.events, f"{name}{args} from {sender}: events"
         self.model.events.clear()
         self.paths.add(f"{name} done")
@@ -416,10 +418,18 @@ class Driver:
             return
         block = int(receipt["blockNumber"], 16)
         before, after = (
-            int(b, 16) for b in self.node.batch([("eth_getBalance", [sender, hex(n)]) for n in (block - 1, block)])
+            int(b, 16) for b in self.node.batch([self.funds_of(sender, hex(n)) for n in (block - 1, block)])
         )
-        fee = int(receipt["gasUsed"], 16) * int(receipt["effectiveGasPrice"], 16)
+        # Gas is paid in the native coin: it shows in the currency's balance only in a native market.
+        fee = 0 if self.world.token else int(receipt["gasUsed"], 16) * int(receipt["effectiveGasPrice"], 16)
         assert after - before == amount[0] - fee
+
+    def funds_of(self, account: str, block: str) -> tuple[str, list[Any]]:
+        """The JSON-RPC call that reads `account`'s balance of the market's currency at `block`."""
+        token = self.world.token
+        if token is None:
+            return ("eth_getBalance", [account, block])
+        return ("eth_call", [{"to": token, "data": "0x70a08231" + f"{address_word(account):064x}"}, block])
 
     # ------------------------------------------------------------------ the check after each step
 
@@ -432,7 +442,7 @@ class Driver:
         views = self.views()
         results_of = self.node.start_batch(
             [
-                ("eth_getBalance", [world.market, "latest"]),
+                self.funds_of(world.market, "latest"),
                 multicall(world.market, [abi.calldata(name, *args) for name, args in views]),
             ]
         )
@@ -574,13 +584,23 @@ def own_anvil() -> Iterator[Anvil]:
         yield anvil
 
 
-@pytest.fixture(scope="module")
-def world(own_anvil: Anvil) -> Iterator[World]:
+@pytest.fixture(scope="module", params=["native", "erc20"])
+def world(request: pytest.FixtureRequest, own_anvil: Anvil) -> Iterator[World]:
+    """The market in the native coin, or in an ERC-20 token (every actor holds plenty and has
+    approved the market once, so that a bid stays one transaction and the model's clock exact)."""
     node = Node(own_anvil.url)
     w3 = Web3(Web3.HTTPProvider(own_anvil.url))
     accounts = [str(a) for a in w3.eth.accounts]
     registrar, relayer, actors = accounts[0], accounts[-1], accounts[1 : 1 + N_ACTORS]
-    market = deploy_market(w3, registrar, timestep=TIMESTEP, min_bid_increment=MIN_BID_INCREMENT)
+    token = deploy_token(w3, registrar) if request.param == "erc20" else None
+    currency = token.address if token is not None else NATIVE
+    market = deploy_market(w3, registrar, timestep=TIMESTEP, min_bid_increment=MIN_BID_INCREMENT, currency=currency)
+    if token is not None:
+        for actor in actors:
+            w3.eth.wait_for_transaction_receipt(token.functions.mint(actor, 10**30).transact({"from": registrar}))
+            w3.eth.wait_for_transaction_receipt(
+                token.functions.approve(market.address, 2**256 - 1).transact({"from": actor})
+            )
     domain = Domain(chain_id=w3.eth.chain_id, contract=market.address)
     meters = [meter_key(i) for i in range(N_METERS)]
     assert fast_sign(meters[0], domain, 5, 7) == sign_reading(meters[0].key, domain, 5, 7)
@@ -601,8 +621,10 @@ def world(own_anvil: Anvil) -> Iterator[World]:
     # From here on every block is one second after the previous one, unless the test travels.
     node.request("anvil_setBlockTimestampInterval", 1)
     node.set_next_timestamp(node.latest_timestamp() + 1)
-    model = MarketModel(registrar, node.latest_timestamp() + 1)
-    world = World(node, abi, market.address, domain, registrar, relayer, actors, meters, model)
+    model = MarketModel(registrar, node.latest_timestamp() + 1, token=token is not None)
+    world = World(
+        node, abi, market.address, domain, registrar, relayer, actors, meters, model, token.address if token else None
+    )
     driver = Driver(world, model)
     for i in range(INITIAL_METERS):
         meter, owner = meters[i].address, actors[i]
@@ -714,6 +736,10 @@ class MarketMachine(RuleBasedStateMachine):
             lambda: self.model.create_offer(sender, energy, price, seconds),
         )
 
+    def bid_value(self, price: int, energy_wh: int) -> int:
+        """The value a correct bid sends: its escrow in a native market, nothing in a token market."""
+        return 0 if self.world.token is not None else escrow_wei(price, energy_wh)
+
     def do_bid(self, sender: str, offer_id: int, price: int, meter: str, value: int) -> None:
         self.driver.act(
             sender,
@@ -732,7 +758,7 @@ class MarketMachine(RuleBasedStateMachine):
         own = [m for m in self.model.meters.values() if m.owner == sender and m.last_ts]
         meter = next((m for m in own if len(m.queue) < MAX_METER_CONNECTIONS), own[0])
         price = self.model.min_next_bid(rec) + extra
-        self.do_bid(sender, rec.id, price, meter.address, escrow_wei(price, rec.energy_wh))
+        self.do_bid(sender, rec.id, price, meter.address, self.bid_value(price, rec.energy_wh))
         return True
 
     def do_finalize(self, caller: str, offer_id: int) -> None:
@@ -922,6 +948,8 @@ class MarketMachine(RuleBasedStateMachine):
         amount = {"min": minimum, "above": minimum + extra, "too_low": max(minimum - 1 - extra, 0)}[price]
         required = escrow_wei(amount, rec.energy_wh) if rec else 0
         value = max(required + {"exact": 0, "less": -1, "more": 1 + extra}[escrow], 0)
+        if self.world.token is not None and escrow == "exact":
+            value = 0  # a token market pulls the escrow; any value sent is wrong
         self.do_bid(sender, offer_id, amount, meter, value)
 
     @precondition(lambda self: self.has_reported_meter())
@@ -947,7 +975,7 @@ class MarketMachine(RuleBasedStateMachine):
             self.do_create_offer(sellers[(pick + n) % len(sellers)], energy + n, price, seconds)
             rec = model.records[len(model.records)]
             offered.append(rec)
-            self.do_bid(buyer, rec.id, rec.start_price, meter.address, escrow_wei(rec.start_price, rec.energy_wh))
+            self.do_bid(buyer, rec.id, rec.start_price, meter.address, self.bid_value(rec.start_price, rec.energy_wh))
         if award:
             self.to_time(max(r.bidding_ends for r in offered))
             for rec in offered:

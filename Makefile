@@ -48,10 +48,10 @@ bench: bootstrap
 	$(PY) bench/scale.py
 
 # Long runs, one after the other: the contract's stateful property test at
-# 10,000 examples, the oracle under load for SOAK_MINUTES with its node restarted twice and itself
+# 10,000 examples (SOAK_STATEFUL_EXAMPLES per currency, native and ERC-20), the oracle under load for SOAK_MINUTES with its node restarted twice and itself
 # killed twice (bench/soak.py prints the figures as JSON), and the fuzzing of its HTTP input.
 SOAK_MINUTES ?= 5
-SOAK_STATEFUL_EXAMPLES ?= 10000
+SOAK_STATEFUL_EXAMPLES ?= 5000
 SOAK_FUZZ_EXAMPLES ?= 2000
 soak: bootstrap
 	HYPOTHESIS_EXAMPLES=$(SOAK_STATEFUL_EXAMPLES) $(PYTEST) -p no:homeassistant -p no:cacheprovider -q tests/contract/test_stateful.py

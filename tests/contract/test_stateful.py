@@ -15,9 +15,10 @@ pages of one to three ids), every offer and connection, every meter, the unfinal
 action the model rejects must revert with the model's custom error and arguments, and change
 nothing.
 
-The market under test settles in the native coin.
+The whole run happens twice: on a market settling in the native coin, and on one settling in an
+ERC-20 token (the DemoToken), where the balance checked is the market's balance of the token.
 
-Speed (10,000 examples in `make soak`): JSON-RPC goes over one keep-alive HTTP connection without
+Speed (10,000 examples in `make soak`, 5,000 per currency): JSON-RPC goes over one keep-alive HTTP connection without
 web3's per-request layers, a transaction is one `eth_sendTransactionSync`, the views of a check are
 read in one `eth_call` at one block through a multicall stub placed by state override, and the node
 is this module's own (anvil's time per block grows with the chain's height).
@@ -26,8 +27,8 @@ Each example starts from one anvil snapshot taken after deployment (`evm_revert`
 a new one is taken at once). Every block's timestamp is set by the test (one second per block
 unless it travels), so the model knows the `block.timestamp` of each transaction exactly (each
 receipt's block timestamp is checked).
-`HYPOTHESIS_EXAMPLES` sets the number of examples (default 200); run with `-s` to see how many
-examples took each path.
+`HYPOTHESIS_EXAMPLES` sets the number of examples per currency (default 200); run with `-s` to see
+how many examples took each path.
 """
 
 from __future__ import annotations

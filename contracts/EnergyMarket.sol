@@ -800,7 +800,12 @@ contract EnergyMarket {
         if (id != cursor && cursor != 0) revert UnknownOffer(cursor);
         if (id != 0) {
             Record storage first = _existing(id);
-            if (first.seller != account && first.buyer != account) revert UnknownOffer(cursor);
+            // Only a record in the account's list: its open offer, or an open connection of its.
+            Status status = first.status;
+            bool listed = status == Status.Bidding
+                ? first.seller == account
+                : (status == Status.Active || status == Status.Closed) && (first.seller == account || first.buyer == account);
+            if (!listed) revert UnknownOffer(cursor);
         }
         page.ids = new uint256[](limit);
         uint256 n;

@@ -232,6 +232,8 @@ def test_account_views(chain: Chain, seller: str, buyer: str, meter: LocalAccoun
     # A cursor must be one of the account's records.
     assert chain.reverts(m.accountOf(seller, buyer_as_seller, 10), seller) == ("UnknownOffer", (buyer_as_seller,))
     assert chain.reverts(m.accountOf(seller, 2**32 + connection, 10), seller) == ("UnknownOffer", (2**32 + connection,))
+    # A bid is not in the bidder's list: as a cursor it would count its escrow twice.
+    assert chain.reverts(m.accountOf(buyer, bidding, 10), buyer) == ("UnknownOffer", (bidding,))
     chain.assert_conserved()
 
 

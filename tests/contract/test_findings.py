@@ -36,16 +36,6 @@ TIMESTEP = 900
 
 
 @pytest.fixture
-def seller(chain: Chain) -> ChecksumAddress:
-    return chain.accounts[1]
-
-
-@pytest.fixture
-def buyer(chain: Chain) -> ChecksumAddress:
-    return chain.accounts[2]
-
-
-@pytest.fixture
 def accomplice(chain: Chain) -> ChecksumAddress:
     """The buyer's second account, selling to it."""
     return chain.accounts[3]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -35,10 +33,11 @@ from custom_components.energykart.const import (
     CONF_START_BLOCK,
     DOMAIN,
 )
-from devchain.anvil import DEFAULT_MNEMONIC, REPO_ROOT, Anvil
+from devchain.anvil import DEFAULT_MNEMONIC, Anvil
 from devchain.deploy import DEFAULT_MIN_BID_INCREMENT, NATIVE, deploy_market, deploy_token
 from oracle.readings import Domain
 from tests.chain import Chain
+from tests.contract.solidity import compile_sources
 
 Account.enable_unaudited_hdwallet_features()
 KEYS: list[LocalAccount] = [
@@ -49,25 +48,6 @@ START_BALANCE = 100 * 10**18
 START_TOKENS = 1000  # whole tokens minted to the seller, the buyer and the rival of a token market
 PLAIN_TOKEN_SOURCE = Path(__file__).with_name("PlainToken.sol")
 # Compiles PlainToken.sol (path in argv) with the repository's pinned solcjs and OpenZeppelin; prints {abi, bytecode}.
-COMPILE_JS = """
-const solc = require("solc");
-const fs = require("fs");
-const path = require("path");
-const input = {
-  language: "Solidity",
-  sources: { "PlainToken.sol": { content: fs.readFileSync(process.argv[1], "utf8") } },
-  settings: { evmVersion: "cancun", outputSelection: { "*": { PlainToken: ["abi", "evm.bytecode.object"] } } },
-};
-const findImports = (p) => {
-  try { return { contents: fs.readFileSync(path.join("node_modules", p), "utf8") }; }
-  catch { return { error: `not found in node_modules: ${p}` }; }
-};
-const out = JSON.parse(solc.compile(JSON.stringify(input), { import: findImports }));
-const errors = (out.errors || []).filter((e) => e.severity === "error");
-if (errors.length) { console.error(errors.map((e) => e.formattedMessage).join("\\n")); process.exit(1); }
-const c = out.contracts["PlainToken.sol"].PlainToken;
-process.stdout.write(JSON.stringify({ abi: c.abi, bytecode: "0x" + c.evm.bytecode.object }));
-"""
 
 
 @pytest.fixture(autouse=True)
@@ -138,17 +118,7 @@ def make_token_market(url: str, token: Contract | None = None, *, decimals: int 
 @pytest.fixture(scope="session")
 def plain_token_artifact() -> dict[str, Any]:
     """PlainToken.sol compiled once per session with node_modules/solc."""
-    done = subprocess.run(
-        ["node", "-e", COMPILE_JS, str(PLAIN_TOKEN_SOURCE)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    artifact: dict[str, Any] = json.loads(done.stdout)
-    return artifact
+    return compile_sources([PLAIN_TOKEN_SOURCE])["PlainToken"]
 
 
 def deploy_plain_token(url: str, artifact: dict[str, Any], *, symbol: str = "EURe", decimals: int = 18) -> Contract:
@@ -206,6 +176,13 @@ def market_entry(
         data=data,
         options=entry_options,
     )
+
+
+def state(hass: HomeAssistant, entity_id: str) -> str:
+    """The state of `entity_id`, which must exist."""
+    found = hass.states.get(entity_id)
+    assert found is not None, entity_id
+    return found.state
 
 
 async def setup_entry(hass: HomeAssistant, entry: MockConfigEntry) -> MockConfigEntry:

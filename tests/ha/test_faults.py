@@ -42,6 +42,7 @@ from .conftest import (
     poll,
     reported_meter,
     setup_entry,
+    state,
 )
 
 SELLER_ID = "energy_kart_0x71be_5788"
@@ -51,12 +52,6 @@ ZERO = "0x0000000000000000000000000000000000000000"
 
 async def call(hass: HomeAssistant, service: str, data: dict[str, Any]) -> Any:
     return await hass.services.async_call(DOMAIN, service, data, blocking=True, return_response=True)
-
-
-def state(hass: HomeAssistant, entity_id: str) -> str:
-    found = hass.states.get(entity_id)
-    assert found is not None, entity_id
-    return found.state
 
 
 def nonce(chain: Chain, account: str) -> int:

@@ -20,7 +20,7 @@ from custom_components.energykart.provider import SessionJSONRPCProvider
 from devchain.anvil import Anvil
 from tests.chain import Chain
 
-from .conftest import BUYER, RIVAL, SELLER, make_chain, market_entry, poll, reported_meter, setup_entry
+from .conftest import BUYER, RIVAL, SELLER, make_chain, market_entry, poll, reported_meter, setup_entry, state
 
 SELLER_ID = "energy_kart_0x71be_5788"
 PRICE = 10**14  # wei per kWh
@@ -90,12 +90,6 @@ def provider() -> Iterator[LimitedProvider]:
 
     with patch.object(SessionJSONRPCProvider, "_post", limited_post):
         yield limited
-
-
-def state(hass: HomeAssistant, entity_id: str) -> str:
-    found = hass.states.get(entity_id)
-    assert found is not None, entity_id
-    return found.state
 
 
 async def test_history_in_ranges(

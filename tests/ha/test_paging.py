@@ -12,16 +12,10 @@ from custom_components.energykart.const import DOMAIN
 from devchain.anvil import Anvil
 from tests.chain import Chain
 
-from .conftest import BUYER, RIVAL, SELLER, market_entry, poll, reported_meter, setup_entry
+from .conftest import BUYER, RIVAL, SELLER, market_entry, poll, reported_meter, setup_entry, state
 
 SELLER_ID = "energy_kart_0x71be_5788"
 PRICE = 10**14  # wei per kWh
-
-
-def state(hass: HomeAssistant, entity_id: str) -> str:
-    found = hass.states.get(entity_id)
-    assert found is not None, entity_id
-    return found.state
 
 
 async def test_pages_of_a_large_account_and_market(

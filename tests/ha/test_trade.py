@@ -22,17 +22,11 @@ from custom_components.energykart.const import (
 from devchain.anvil import Anvil
 from tests.chain import Chain
 
-from .conftest import BUYER, RIVAL, SELLER, market_entry, poll, reported_meter, setup_entry
+from .conftest import BUYER, RIVAL, SELLER, market_entry, poll, reported_meter, setup_entry, state
 
 SELLER_ID = "energy_kart_0x71be_5788"
 BUYER_ID = "energy_kart_0xfabb_694a"
 GWEI = 10**9
-
-
-def state(hass: HomeAssistant, entity_id: str) -> str:
-    found = hass.states.get(entity_id)
-    assert found is not None, entity_id
-    return found.state
 
 
 async def test_full_trade(hass: HomeAssistant, chain: Chain, anvil: Anvil, freezer: FrozenDateTimeFactory) -> None:

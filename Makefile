@@ -38,7 +38,9 @@ lint: $(STAMP_PY)
 # first use and caches it in ~/.cache/energykart).
 test: bootstrap lint
 	HYPOTHESIS_EXAMPLES=$(HYPOTHESIS_EXAMPLES) $(PYTEST) -p no:homeassistant -p no:cacheprovider tests/contract tests/oracle tests/demo
-	$(PYTEST) -p no:cacheprovider tests/ha --cov=custom_components/energykart --cov-report=term --cov-fail-under=95
+	COVERAGE_FILE=.coverage.ha $(PYTEST) -p no:cacheprovider tests/ha --cov=custom_components/energykart --cov-report=term --cov-report=json:.coverage.ha.json --cov-fail-under=95
+	$(PY) scripts/coverage_per_module.py --label ha-2025.4 .coverage.ha.json
+	@rm -f .coverage.ha .coverage.ha.json
 	scripts/ha-newest.sh
 	$(PYTEST) -p no:homeassistant -p no:cacheprovider tests/browser
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from eth_account import Account
 from homeassistant.const import Platform
 from homeassistant.core import HomeAssistant
+from homeassistant.exceptions import ConfigEntryAuthFailed
 from homeassistant.helpers import config_validation as cv
 from homeassistant.helpers.typing import ConfigType
 
-from .const import DOMAIN
+from .const import CONF_ACCOUNT, CONF_PRIVATE_KEY, DOMAIN
 from .coordinator import EnergyKartConfigEntry, EnergyKartCoordinator
 from .services import async_setup_services
 
@@ -27,6 +29,14 @@ async def async_setup_entry(hass: HomeAssistant, entry: EnergyKartConfigEntry) -
     There is no update listener: the flows that change the entry (options, reauthentication,
     reconfiguration) reload it themselves, once.
     """
+    if (key := entry.data.get(CONF_PRIVATE_KEY)) and Account.from_key(key).address != entry.data[CONF_ACCOUNT]:
+        # The key was replaced outside the flows (a restored backup, an edited storage file): no
+        # transaction may be signed by a key that is not the account's, so ask for the right one.
+        raise ConfigEntryAuthFailed(
+            translation_domain=DOMAIN,
+            translation_key="key_mismatch",
+            translation_placeholders={"account": entry.data[CONF_ACCOUNT]},
+        )
     coordinator = EnergyKartCoordinator(hass, entry)
     await coordinator.async_config_entry_first_refresh()
     entry.runtime_data = coordinator

@@ -83,3 +83,12 @@ class TransactionRejectedError(EnergyKartError):
         super().__init__(reason, *details)
         self.reason = reason
         self.details = details
+
+
+class KeyRejectedError(EnergyKartError):
+    """The node refuses the account's transactions as not authorised (a permissioned chain's
+    allow-list, a revoked key): a new key is needed, so Home Assistant starts reauthentication."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message

@@ -327,8 +327,22 @@ class _SourceSensor(EnergyKartEntity, SensorEntity):
     def _source_changed(self, event: Event[EventStateChangedData]) -> None:
         self.async_write_ha_state()
 
+    def _used_sources(self) -> list[str]:
+        """The entities this sensor's value is computed from, as configured now."""
+        return self._source_ids
+
     @property
     def available(self) -> bool:
+        """Unavailable while a source it is computed from is missing or unavailable.
+
+        A source that is `unknown` (or not a number) leaves the sensor available with an unknown
+        value: the entity behind it is there, it just has no reading. The market's own state
+        does not matter: these sensors read only the household's entities.
+        """
+        for entity_id in self._used_sources():
+            state = self.hass.states.get(entity_id)
+            if state is None or state.state == STATE_UNAVAILABLE:
+                return False
         return True
 
     def _value(self, option: str, convert_power: bool = False) -> float | None:
@@ -357,6 +371,11 @@ class SolarSurplusSensor(_SourceSensor):
 
     def __init__(self, coordinator: EnergyKartCoordinator) -> None:
         super().__init__(coordinator, "solar_surplus")
+
+    def _used_sources(self) -> list[str]:
+        """The grid export when it is configured (solar and consumption are then not read)."""
+        export = self.coordinator.config_entry.options.get(CONF_GRID_EXPORT)
+        return [export] if export else self._source_ids
 
     @property
     def native_value(self) -> float | None:

@@ -24,6 +24,7 @@ from .errors import (
     EnergyKartConnectionError,
     InsufficientFundsError,
     InsufficientTokenBalanceError,
+    KeyRejectedError,
     TransactionLostError,
     TransactionRejectedError,
     TransactionUnconfirmedError,
@@ -151,6 +152,13 @@ async def _send[T](coordinator: EnergyKartCoordinator, transaction: Awaitable[T]
             translation_domain=DOMAIN,
             translation_key="transaction_lost",
             translation_placeholders={"tx_hash": err.tx_hash},
+        ) from err
+    except KeyRejectedError as err:
+        coordinator.config_entry.async_start_reauth(coordinator.hass)
+        raise HomeAssistantError(
+            translation_domain=DOMAIN,
+            translation_key="key_rejected",
+            translation_placeholders={"message": err.message},
         ) from err
     except EnergyKartConnectionError as err:
         raise _unreachable() from err

@@ -27,6 +27,7 @@ from .contract import decode_error
 from .errors import (
     EnergyKartConnectionError,
     InsufficientFundsError,
+    KeyRejectedError,
     TransactionLostError,
     TransactionRejectedError,
     TransactionUnconfirmedError,
@@ -35,6 +36,34 @@ from .errors import (
 
 RECEIPT_TIMEOUT = 120.0
 type CallKey = tuple[Any, ...]
+# What nodes answer when they refuse a sender, not a transaction: Besu's and GoQuorum's account
+# permissioning, allow-listing RPC gateways, a key revoked at a custodial node.
+KEY_REFUSALS = (
+    "sender account not authorized",
+    "sender not authorized",
+    "not authorized to send",
+    "account not permitted",
+    "not permitted to send",
+    "sender is not allowed",
+    "sender not allowed",
+    "sender not whitelisted",
+    "not in allowlist",
+    "unauthorized sender",
+)
+
+
+def _node_message(err: Web3RPCError) -> str:
+    """The node's own words: the error object's message, not web3's rendering of the whole object."""
+    error = (err.rpc_response or {}).get("error")
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])
+    return str(err.message or "Rejected")
+
+
+def refuses_key(message: str) -> bool:
+    """True when a node's refusal of a broadcast is about the sending account, not the transaction."""
+    text = message.lower()
+    return any(refusal in text for refusal in KEY_REFUSALS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +130,10 @@ class Transactor:
             )
         except Web3RPCError as err:  # the node refused the broadcast: nothing is out
             self._unconfirmed.pop(call, None)
-            raise TransactionRejectedError(str(err.message or "Rejected")) from err
+            message = _node_message(err)
+            if refuses_key(message):
+                raise KeyRejectedError(message) from err
+            raise TransactionRejectedError(message) from err
         except (ProviderConnectionError, aiohttp.ClientError, TimeoutError, TimeExhausted) as err:
             if call in self._unconfirmed:
                 raise TransactionUnconfirmedError(self._unconfirmed[call].tx_hash) from err

@@ -20,7 +20,7 @@ from custom_components.energykart.diagnostics import async_get_config_entry_diag
 from devchain.anvil import Anvil
 from tests.chain import Chain
 
-from .conftest import BUYER, RIVAL, SELLER, make_token_market, market_entry, poll, reported_meter, setup_entry
+from .conftest import BUYER, RIVAL, SELLER, make_token_market, market_entry, poll, reported_meter, setup_entry, state
 
 
 def entity_states(hass: HomeAssistant, entry_id: str) -> list[dict[str, Any]]:
@@ -91,16 +91,46 @@ async def test_solar_surplus_from_solar_and_consumption(hass: HomeAssistant, cha
     assert hass.states.get(surplus).state == "0.0"  # type: ignore[union-attr]
     hass.states.async_set("sensor.solar", "unavailable")
     await hass.async_block_till_done()
-    assert hass.states.get(surplus).state == "unknown"  # type: ignore[union-attr]
+    assert state(hass, surplus) == "unavailable"
+    hass.states.async_set("sensor.solar", "unknown")
+    await hass.async_block_till_done()
+    assert state(hass, surplus) == "unknown"
     hass.states.async_set("sensor.solar", "bad")
     await hass.async_block_till_done()
-    assert hass.states.get(surplus).state == "unknown"  # type: ignore[union-attr]
+    assert state(hass, surplus) == "unknown"
+    hass.states.async_set("sensor.solar", "3.2", {"unit_of_measurement": "kW"})
+    await hass.async_block_till_done()
+    assert state(hass, surplus) == "0.0"
 
 
-async def test_grid_export_unknown(hass: HomeAssistant, chain: Chain, anvil: Anvil) -> None:
-    """A missing grid export reading makes the surplus unknown."""
-    await setup_entry(hass, market_entry(chain, anvil.url, SELLER, options={CONF_GRID_EXPORT: "sensor.none"}))
-    assert hass.states.get("sensor.energy_kart_0x71be_5788_solar_surplus").state == "unknown"  # type: ignore[union-attr]
+async def test_source_sensors_unavailable(hass: HomeAssistant, chain: Chain, anvil: Anvil) -> None:
+    """The surplus and battery sensors are unavailable while their sources are missing or
+    unavailable, and come back with them; with a grid export configured, only it matters."""
+    options = {
+        CONF_GRID_EXPORT: "sensor.export",
+        CONF_SOLAR_POWER: "sensor.solar",
+        CONF_HOUSE_CONSUMPTION: "sensor.house",
+        CONF_BATTERY_SOC: "sensor.battery",
+    }
+    hass.states.async_set("sensor.solar", "unavailable")
+    await setup_entry(hass, market_entry(chain, anvil.url, SELLER, options=options))
+    surplus = "sensor.energy_kart_0x71be_5788_solar_surplus"
+    battery = "sensor.energy_kart_0x71be_5788_battery_state_of_charge"
+    assert state(hass, surplus) == "unavailable"  # the grid export does not exist yet
+    assert state(hass, battery) == "unavailable"
+    hass.states.async_set("sensor.export", "0.5", {"unit_of_measurement": "kW"})
+    hass.states.async_set("sensor.battery", "64", {"unit_of_measurement": "%"})
+    await hass.async_block_till_done()
+    assert state(hass, surplus) == "500.0"  # solar is unavailable, but the export is what is read
+    assert state(hass, battery) == "64.0"
+    hass.states.async_set("sensor.export", "unavailable")
+    hass.states.async_set("sensor.battery", "unavailable")
+    await hass.async_block_till_done()
+    assert state(hass, surplus) == "unavailable"
+    assert state(hass, battery) == "unavailable"
+    hass.states.async_set("sensor.battery", "unknown")
+    await hass.async_block_till_done()
+    assert state(hass, battery) == "unknown"
 
 
 async def test_diagnostics(hass: HomeAssistant, chain: Chain, anvil: Anvil, freezer: FrozenDateTimeFactory) -> None:

@@ -17,16 +17,18 @@ from homeassistant.const import ATTR_ENTITY_ID, SERVICE_TURN_ON
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
 from homeassistant.helpers.translation import async_get_exception_message, async_get_translations
+from pytest_homeassistant_custom_component.common import MockConfigEntry  # type: ignore[import-untyped]
 from web3.exceptions import ContractLogicError
 
 from custom_components.energykart import services
-from custom_components.energykart.const import CONF_METER_ADDRESS, DOMAIN
+from custom_components.energykart.const import CONF_METER_ADDRESS, CONF_PRIVATE_KEY, DOMAIN
 from custom_components.energykart.contract import ABI, decode_error
 from custom_components.energykart.coordinator import EnergyKartCoordinator
 from custom_components.energykart.errors import (
     EnergyKartConnectionError,
     InsufficientFundsError,
     InsufficientTokenBalanceError,
+    KeyRejectedError,
     TransactionLostError,
     TransactionRejectedError,
     TransactionUnconfirmedError,
@@ -160,6 +162,7 @@ async def test_every_exception_message_is_filled(
         TransactionUnconfirmedError(TX_HASH),
         TransactionLostError(TX_HASH),
         EnergyKartConnectionError("connection refused"),
+        KeyRejectedError("Sender account not authorized to send transactions"),
         *(
             TransactionRejectedError(*decode_error(contract_error(reason)))
             for reason in (*services._REJECTIONS, "BidTooLow", "Reentrancy")
@@ -176,9 +179,17 @@ async def test_every_exception_message_is_filled(
     # Entries that cannot load, and an update that cannot reach the node.
     token = make_token_market(anvil.url).token
     not_a_token = make_chain(anvil.url, currency=chain.market.address)
+    other_key = market_entry(chain, anvil.url, RIVAL)
+    other_key = MockConfigEntry(
+        domain=DOMAIN,
+        data={**other_key.data, CONF_PRIVATE_KEY: "0x" + bytes(SELLER.key).hex()},
+        options=other_key.options,
+        unique_id=other_key.unique_id,
+    )
     for entry in (
         market_entry(chain, anvil.url, SELLER, contract=token.address),
         market_entry(not_a_token, anvil.url, SELLER),
+        other_key,
     ):
         entry.add_to_hass(hass)
         assert not await hass.config_entries.async_setup(entry.entry_id)

@@ -1,6 +1,10 @@
 """Deploy the EnergyMarket contract and register meters (tests, benchmarks, demo).
 
 python -m devchain.deploy --rpc-url http://127.0.0.1:8545 [--currency native|TOKEN] [--meter METER=OWNER ...]
+
+Prints one JSON object: the market's address, chain id, registrar, currency and deploymentBlock
+(give it to the oracle as --start-block). The compiled artifacts are package data (devchain/build
+links to contracts/build in the repository), so this works from an installed wheel too.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ import argparse
 import json
 from collections.abc import Iterable
 from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +21,7 @@ from eth_typing import ChecksumAddress
 from web3 import Web3
 from web3.contract import Contract
 
-BUILD = Path(__file__).resolve().parent.parent / "contracts" / "build"
-ARTIFACT = BUILD / "EnergyMarket.json"
+BUILD = resources.files("devchain") / "build"  # contracts/build, shipped in the wheel
 NATIVE = "0x0000000000000000000000000000000000000000"
 DEFAULT_TIMESTEP = 900
 DEFAULT_MIN_BID_INCREMENT = 10**9  # 1 gwei per kWh
@@ -26,7 +30,7 @@ DEFAULT_MIN_BID_INCREMENT = 10**9  # 1 gwei per kWh
 @cache
 def artifact() -> dict[str, Any]:
     """The committed compiled artifact: abi, bytecode, compiler settings."""
-    data: dict[str, Any] = json.loads(ARTIFACT.read_text())
+    data: dict[str, Any] = json.loads((BUILD / "EnergyMarket.json").read_text())
     return data
 
 
@@ -37,12 +41,13 @@ def token_artifact() -> dict[str, Any]:
     return data
 
 
-def _deployed(w3: Web3, factory: Any, args: tuple[Any, ...], deployer: str) -> ChecksumAddress:
+def _deployed(w3: Web3, factory: Any, args: tuple[Any, ...], deployer: str) -> tuple[ChecksumAddress, int]:
+    """Deploy; the contract's address and the block it was deployed in."""
     tx_hash = factory.constructor(*args).transact({"from": Web3.to_checksum_address(deployer)})
     receipt = w3.eth.wait_for_transaction_receipt(tx_hash)
     if receipt["status"] != 1 or receipt["contractAddress"] is None:
         raise RuntimeError(f"deployment failed: {receipt}")
-    return Web3.to_checksum_address(receipt["contractAddress"])
+    return Web3.to_checksum_address(receipt["contractAddress"]), int(receipt["blockNumber"])
 
 
 def deploy_market(
@@ -56,6 +61,22 @@ def deploy_market(
 ) -> Contract:
     """Deploy a market from an unlocked `deployer` account, settling in the native coin or in the
     ERC-20 token at `currency`; returns the bound contract."""
+    market, _block = deploy_market_at(
+        w3, deployer, registrar=registrar, timestep=timestep, min_bid_increment=min_bid_increment, currency=currency
+    )
+    return market
+
+
+def deploy_market_at(
+    w3: Web3,
+    deployer: str,
+    *,
+    registrar: str | None = None,
+    timestep: int = DEFAULT_TIMESTEP,
+    min_bid_increment: int = DEFAULT_MIN_BID_INCREMENT,
+    currency: str = NATIVE,
+) -> tuple[Contract, int]:
+    """`deploy_market`, and the block the market was deployed in (the oracle's --start-block)."""
     art = artifact()
     factory = w3.eth.contract(abi=art["abi"], bytecode=art["bytecode"])
     args = (
@@ -64,7 +85,8 @@ def deploy_market(
         min_bid_increment,
         Web3.to_checksum_address(currency),
     )
-    return market_at(w3, _deployed(w3, factory, args, deployer))
+    address, block = _deployed(w3, factory, args, deployer)
+    return market_at(w3, address), block
 
 
 def deploy_token(
@@ -73,7 +95,7 @@ def deploy_token(
     """Deploy a DemoToken owned (and minted) by the unlocked `deployer`; returns the bound contract."""
     art = token_artifact()
     factory = w3.eth.contract(abi=art["abi"], bytecode=art["bytecode"])
-    address = _deployed(w3, factory, (name, symbol, decimals), deployer)
+    address, _block = _deployed(w3, factory, (name, symbol, decimals), deployer)
     return w3.eth.contract(address=address, abi=art["abi"])
 
 
@@ -124,20 +146,26 @@ def main(argv: list[str] | None = None) -> None:
         help="'native' (the chain's coin, the default) or the address of the ERC-20 token to settle in",
     )
     parser.add_argument("--meter", type=_pair, action="append", default=[], help="register METER=OWNER")
+    parser.add_argument("--out", type=Path, metavar="FILE", help="also write the printed JSON to FILE")
     args = parser.parse_args(argv)
     w3 = Web3(Web3.HTTPProvider(args.rpc_url))
     deployer = args.deployer or w3.eth.accounts[0]
     if args.currency != NATIVE and not w3.eth.get_code(args.currency):
         parser.error(f"--currency {args.currency}: no contract at that address on this chain")
-    market = deploy_market(
+    market, block = deploy_market_at(
         w3, deployer, timestep=args.timestep, min_bid_increment=args.min_bid_increment, currency=args.currency
     )
     register_meters(market, deployer, args.meter)
-    print(
-        json.dumps(
-            {"address": market.address, "chainId": w3.eth.chain_id, "registrar": deployer, "currency": args.currency}
-        )
-    )
+    deployment = {
+        "address": market.address,
+        "chainId": w3.eth.chain_id,
+        "registrar": deployer,
+        "currency": args.currency,
+        "deploymentBlock": block,
+    }
+    print(json.dumps(deployment))
+    if args.out is not None:
+        args.out.write_text(json.dumps(deployment, indent=2) + "\n")
 
 
 if __name__ == "__main__":

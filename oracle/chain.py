@@ -17,6 +17,7 @@ from typing import Any, cast
 import aiohttp
 from eth_abi.abi import decode as abi_decode
 from eth_account.signers.local import LocalAccount
+from eth_account.typed_transactions.typed_transaction import TypedTransaction
 from eth_typing import ChecksumAddress
 from eth_utils.abi import event_abi_to_log_topic
 from eth_utils.address import to_checksum_address
@@ -24,6 +25,7 @@ from hexbytes import HexBytes
 from web3 import AsyncWeb3
 from web3.contract.async_contract import AsyncContract, AsyncContractFunction
 from web3.exceptions import (
+    BadFunctionCallOutput,
     ContractCustomError,
     ContractLogicError,
     ProviderConnectionError,
@@ -70,6 +72,11 @@ class ChainError(Exception):
 class NodeRefused(ChainError):
     """The node answered, with an error about this request (out of gas, over the block gas limit,
     a transaction it will not take): other requests may still succeed, unlike when it is down."""
+
+
+class UndecodableAnswer(ChainError):
+    """A call returned data that does not decode as the market's ABI says: the address holds some
+    other contract (or the node is not what it claims)."""
 
 
 class ContractRejected(Exception):
@@ -211,6 +218,8 @@ class MarketClient:
             raise ContractRejected(revert_name(err)) from err
         except Web3RPCError as err:
             raise NodeRefused(str(err)) from err
+        except BadFunctionCallOutput as err:
+            raise UndecodableAnswer(str(err)) from err
         except (ProviderConnectionError, aiohttp.ClientError, TimeoutError, Web3Exception, OSError) as err:
             raise ChainError(str(err) or type(err).__name__) from err
 
@@ -223,6 +232,38 @@ class MarketClient:
         """Number and timestamp of the latest block."""
         block = await self._call(self.w3.eth.get_block("latest"))
         return int(block["number"]), int(block["timestamp"])
+
+    async def automine(self) -> bool | None:
+        """Whether the node mines a block for each transaction and otherwise none (anvil's and
+        hardhat's automine); None when the node does not say (a real chain)."""
+        for method in ("anvil_getAutomine", "hardhat_getAutomine"):
+            try:
+                response = await self.w3.provider.make_request(RPCEndpoint(method), [])
+            except ProviderConnectionError as err:
+                raise ChainError(str(err)) from err
+            if "result" in response:
+                return bool(response["result"])
+        return None
+
+    async def has_code(self, block: int) -> bool:
+        """Whether the market's code existed at `block` (NodeRefused when the node kept no state there)."""
+        return bool(await self._call(self.w3.eth.get_code(self.address, block)))
+
+    async def deployment_block(self, head: int) -> int | None:
+        """The block the market was deployed in, by bisection over eth_getCode (about 25 calls on a
+        chain of millions of blocks); None when the node keeps no state that far back."""
+        low, high = 0, head  # the code is there at `high`
+        while low < high:
+            middle = (low + high) // 2
+            try:
+                present = await self.has_code(middle)
+            except NodeRefused:
+                return None
+            if present:
+                high = middle
+            else:
+                low = middle + 1
+        return high
 
     async def is_market(self) -> bool:
         """Whether the address holds an EnergyMarket (code, and its ERC-165 interface id)."""
@@ -333,6 +374,23 @@ class MarketClient:
         }
         tx = await self._call(function.build_transaction(params))
         signed = signer.sign_transaction(cast(dict[str, Any], tx))
+        return "0x" + bytes(signed.hash).hex(), bytes(signed.raw_transaction)
+
+    @staticmethod
+    def fees_of(raw: bytes) -> Fees:
+        """The fees a signed EIP-1559 transaction offers."""
+        tx = TypedTransaction.from_bytes(HexBytes(raw)).as_dict()
+        return Fees(max_fee=int(tx["maxFeePerGas"]), priority_fee=int(tx["maxPriorityFeePerGas"]))
+
+    @staticmethod
+    def resign(raw: bytes, signer: LocalAccount, fees: Fees) -> tuple[str, bytes]:
+        """The same transaction (nonce, gas, call) with other fees, signed anew: (hash, raw bytes)."""
+        tx = dict(TypedTransaction.from_bytes(HexBytes(raw)).as_dict())
+        for field_name in ("v", "r", "s"):
+            tx.pop(field_name, None)
+        tx["maxFeePerGas"] = fees.max_fee
+        tx["maxPriorityFeePerGas"] = fees.priority_fee
+        signed = signer.sign_transaction(tx)
         return "0x" + bytes(signed.hash).hex(), bytes(signed.raw_transaction)
 
     async def send_raw(self, raw: bytes) -> None:

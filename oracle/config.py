@@ -28,6 +28,9 @@ DEFAULT_LISTEN = "127.0.0.1:8787"
 DEFAULT_GAS_BUDGET = 6_000_000
 DEFAULT_MAX_BODY = 1024 * 1024
 DEFAULT_LOG_LEVEL = "INFO"
+DEFAULT_REPLACE_AFTER = 180  # seconds a settle transaction may stay unmined before a higher fee replaces it
+DEFAULT_RETENTION = 7 * 24 * 3600  # seconds settled readings are kept
+MIN_REPLACE_AFTER = 1
 MIN_GAS_BUDGET = 100_000  # one reading plus the transaction's own overhead, with room
 MIN_MAX_BODY = 1024
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -41,6 +44,9 @@ _SOURCES: dict[str, tuple[str, str | None]] = {
     "confirmations": ("--confirmations", "ENERGYKART_CONFIRMATIONS"),
     "db": ("--db", "ENERGYKART_DB"),
     "listen": ("--listen", "ENERGYKART_LISTEN"),
+    "start_block": ("--start-block", "ENERGYKART_START_BLOCK"),
+    "replace_after": ("--replace-after", None),
+    "retention": ("--retention", "ENERGYKART_RETENTION"),
     "gas_budget": ("--gas-budget", None),
     "max_body": ("--max-body", None),
     "log_level": ("--log-level", None),
@@ -87,6 +93,9 @@ class Config:
     db: Path
     host: str
     port: int
+    start_block: int | None  # None: the block recorded in the database, else found on the chain
+    replace_after: int
+    retention: int  # 0: keep every reading
     gas_budget: int
     max_body: int
     log_level: str
@@ -128,6 +137,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--db", metavar="PATH", help=f"SQLite database (env ENERGYKART_DB; default ./{DEFAULT_DB})")
     parser.add_argument(
         "--listen", metavar="HOST:PORT", help=f"HTTP address (env ENERGYKART_LISTEN; default {DEFAULT_LISTEN})"
+    )
+    parser.add_argument(
+        "--start-block",
+        metavar="N",
+        help="the market's deployment block: its history is read from there (env ENERGYKART_START_BLOCK; "
+        "default: found on the chain once and kept in the database; devchain.deploy prints it)",
+    )
+    parser.add_argument(
+        "--replace-after",
+        metavar="SECONDS",
+        help="a settle transaction not mined after this long is replaced by one with a higher fee "
+        f"(default {DEFAULT_REPLACE_AFTER})",
+    )
+    parser.add_argument(
+        "--retention",
+        metavar="SECONDS",
+        help="readings done (settled, superseded, skipped) are deleted this long after they were accepted; "
+        f"0 keeps them all (env ENERGYKART_RETENTION; default {DEFAULT_RETENTION}, 7 days)",
     )
     parser.add_argument(
         "--gas-budget", metavar="GAS", help=f"gas limit of one settle transaction (default {DEFAULT_GAS_BUDGET})"
@@ -229,6 +256,9 @@ def _validate(raw: dict[str, tuple[Any, str]], env: Mapping[str, str]) -> Config
         db=Path(str(raw["db"][0])) if "db" in raw else DEFAULT_DB,
         host=host.strip("[]"),
         port=int(port_text),
+        start_block=_int(raw, "start_block", 0, 0, "a block number") if "start_block" in raw else None,
+        replace_after=_int(raw, "replace_after", DEFAULT_REPLACE_AFTER, MIN_REPLACE_AFTER, "a number of seconds"),
+        retention=_int(raw, "retention", DEFAULT_RETENTION, 0, "a number of seconds (0: keep all)"),
         gas_budget=_int(raw, "gas_budget", DEFAULT_GAS_BUDGET, MIN_GAS_BUDGET, "the gas limit of one settle"),
         max_body=_int(raw, "max_body", DEFAULT_MAX_BODY, MIN_MAX_BODY, "a size in bytes"),
         log_level=log_level,

@@ -42,6 +42,12 @@ class Metrics:
         )
         self.queue_depth = Gauge("energykart_oracle_queue_depth", "Readings waiting to settle", registry=r)
         self.head_block = Gauge("energykart_oracle_head_block", "Latest block seen on the node", registry=r)
+        self.db_bytes = Gauge(
+            "energykart_oracle_db_bytes", "Size of the readings database on disk (file, WAL, index)", registry=r
+        )
+        self.readings_pruned = Counter(
+            "energykart_oracle_readings_pruned", "Readings deleted by retention after they were done", registry=r
+        )
         self.chain_up = Gauge("energykart_oracle_chain_up", "1 when the node answered the last poll", registry=r)
 
     def render(self) -> bytes:

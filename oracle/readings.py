@@ -3,6 +3,10 @@
 The contract verifies the same structure (``Reading(address meter,uint64 cumulativeWh,
 uint64 timestamp)`` in the domain name "Energy-Kart", version "1", chain id, contract address),
 so a reading signed for another chain or contract is useless anywhere else.
+
+Signature recovery runs on libsecp256k1 through coincurve where its wheel exists (Python 3.13),
+else on eth-keys' pure-Python backend (Python 3.14, where coincurve has no wheel and its source
+build fails): the same answers, measured in docs/ORACLE.md: over a hundred times slower.
 """
 
 from __future__ import annotations
@@ -10,13 +14,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from coincurve import PublicKey
 from eth_account import Account
 from eth_account.messages import encode_typed_data
+from eth_keys.backends.native.main import NativeECCBackend
+from eth_keys.datatypes import Signature
 from eth_typing import ChecksumAddress
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 from sha3 import keccak_256
+
+try:
+    from coincurve import PublicKey
+except ImportError:  # no coincurve for this Python: eth-keys' own backend below
+    RECOVERY_BACKEND = "eth-keys"
+else:
+    RECOVERY_BACKEND = "coincurve"
+_NATIVE = NativeECCBackend()
 
 DOMAIN_NAME = "Energy-Kart"
 DOMAIN_VERSION = "1"
@@ -145,10 +158,24 @@ def reading_digest(separator: bytes, meter: str, cumulative_wh: int, timestamp: 
     return keccak256(b"\x19\x01" + separator + struct_hash)
 
 
+def recover_with_coincurve(rsv: bytes, digest: bytes) -> bytes:
+    """The uncompressed public key (65 bytes) of a recoverable signature r ‖ s ‖ recovery id, through
+    libsecp256k1 directly (the backend eth-keys uses, minus its object layers)."""
+    key: bytes = PublicKey.from_signature_and_message(rsv, digest, hasher=None).format(compressed=False)
+    return key
+
+
+def recover_with_eth_keys(rsv: bytes, digest: bytes) -> bytes:
+    """The same as `recover_with_coincurve`, with eth-keys' pure-Python backend."""
+    return b"\x04" + _NATIVE.ecdsa_recover(digest, Signature(signature_bytes=rsv)).to_bytes()
+
+
+_recover = recover_with_coincurve if RECOVERY_BACKEND == "coincurve" else recover_with_eth_keys
+
+
 def recover_public_key(separator: bytes, meter: str, cumulative_wh: int, timestamp: int, signature: bytes) -> bytes:
     """The uncompressed public key that signed this reading, with the contract's own rules (low s,
-    v 27 or 28). Calls libsecp256k1 through coincurve directly (the backend eth-keys uses, minus
-    its object layers): recovery is the cost of ingesting a reading."""
+    v 27 or 28): recovery is the cost of ingesting a reading."""
     if len(signature) != 65:
         raise InvalidReading("bad_signature", "signature must be 65 bytes (r, s, v) as 0x-prefixed hex")
     v = signature[64]
@@ -157,11 +184,9 @@ def recover_public_key(separator: bytes, meter: str, cumulative_wh: int, timesta
         raise InvalidReading("bad_signature", "signature is malformed (v must be 27 or 28, s in the lower half)")
     digest = reading_digest(separator, meter, cumulative_wh, timestamp)
     try:
-        public = PublicKey.from_signature_and_message(signature[:64] + bytes([v - 27]), digest, hasher=None)
-    except Exception as err:  # libsecp256k1 reports invalid points in several ways
+        return _recover(signature[:64] + bytes([v - 27]), digest)
+    except Exception as err:  # both backends report invalid points in several ways
         raise InvalidReading("bad_signature", "signature does not recover to a public key") from err
-    key: bytes = public.format(compressed=False)
-    return key
 
 
 def address_of(public_key: bytes) -> bytes:

@@ -9,6 +9,12 @@ JSON-RPC batch) filters out readings another oracle instance has already settled
 A batch the node will not estimate (over the block gas limit, out of gas) is split down to single
 readings, so a reading that cannot be settled waits for the next round alone, never holding back
 the other meters' readings.
+
+A settle transaction still unmined `replace_after` seconds after it was broadcast is replaced: the
+same nonce and call, signed again with fees a quarter higher (or the node's current fees, if those
+are higher still). Every earlier transaction of the batch is remembered, since any one of them may
+be the one mined. A batch that has waited `STUCK_ROUNDS` rounds (for inclusion, or for its
+confirmations) is logged once as a warning and shown by /healthz until it resolves.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from dataclasses import dataclass
 
 from web3.types import TxReceipt
 
-from oracle.chain import ContractRejected, MarketClient, NodeRefused, SkipReason
+from oracle.chain import ContractRejected, Fees, MarketClient, NodeRefused, SkipReason
 from oracle.ingest import Ingest
 from oracle.metrics import Metrics
 from oracle.store import Batch, ReadingStore, StoredReading
@@ -30,6 +36,8 @@ _LOGGER = logging.getLogger(__name__)
 GAS_PER_READING = 12_000  # measured ~11.6k per packed reading (bench/gas.py), with a margin
 GAS_PER_TX = 60_000  # intrinsic cost, calldata head, the ReadingsAccepted event
 WARN_EVERY = 3600.0  # seconds between warnings about one meter whose reading cannot be sent
+STUCK_ROUNDS = 3  # rounds a settle transaction may wait before it is reported
+FEE_BUMP = 1.25  # a replacement offers this much more (nodes want at least 10 % more to replace)
 
 
 @dataclass
@@ -40,6 +48,20 @@ class RelayReport:
     skipped: int = 0
     waiting: int = 0  # settle transactions not yet confirmed
     deferred: int = 0  # readings the node would not estimate: they wait for the next round
+    replaced: int = 0  # settle transactions replaced with a higher fee
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingSettle:
+    """The settle transaction that has waited longest, as /healthz shows it."""
+
+    tx_hash: str
+    nonce: int
+    rounds: int  # rounds it has been found waiting
+    waiting_for: str  # "inclusion" (not mined yet) or "confirmations" (mined, not deep enough)
+
+    def to_json(self) -> dict[str, object]:
+        return {"tx": self.tx_hash, "nonce": self.nonce, "rounds": self.rounds, "waitingFor": self.waiting_for}
 
 
 class Relayer:
@@ -51,6 +73,7 @@ class Relayer:
         metrics: Metrics,
         gas_budget: int,
         wait_seconds: float,
+        replace_after: float,
     ) -> None:
         self._sender = sender
         self._client: MarketClient = sender.client
@@ -61,6 +84,9 @@ class Relayer:
         self._wait_seconds = wait_seconds
         self._per_tx = max(1, (gas_budget - GAS_PER_TX) // GAS_PER_READING)
         self._deferred_warned: dict[str, float] = {}  # meter -> when its deferral was last warned about
+        self._replace_after = replace_after
+        self._rounds_waited: dict[int, int] = {}  # open batch id -> rounds it has been found waiting
+        self.waiting: WaitingSettle | None = None
 
     async def tick(self) -> RelayReport:
         report = RelayReport()
@@ -90,7 +116,7 @@ class Relayer:
             if receipt is None:
                 report.waiting += 1
             else:
-                await self._apply(batch, receipt, report)
+                await self._apply(batch, batch.tx_hash, receipt, report)
         return report
 
     async def _send(self, chunk: Sequence[StoredReading], report: RelayReport) -> list[Batch]:
@@ -118,7 +144,7 @@ class Relayer:
         for stored in chunk:
             if self._deferred_warned.pop(stored.reading.meter, None) is not None:
                 _LOGGER.info("meter %s: its reading is sent again", stored.reading.meter)
-        return [Batch(batch_id, nonce, tx_hash, raw)]
+        return [Batch(batch_id, nonce, tx_hash, raw, int(time.time()))]
 
     async def _split(self, chunk: Sequence[StoredReading], report: RelayReport) -> list[Batch]:
         half = len(chunk) // 2
@@ -143,35 +169,81 @@ class Relayer:
         """Settle transactions recorded but not confirmed (this run, or before a crash)."""
         report = report or RelayReport()
         open_batches = self._store.open_batches()
-        if not open_batches:
-            return
-        mined_nonce = await self._client.nonce(self._sender.signer.address, "latest")
-        ours = {b.nonce for b in open_batches}
-        for batch in open_batches:
-            receipt = await self._sender.confirmed(batch.tx_hash)
-            if receipt is not None:
-                await self._apply(batch, receipt, report)
-            elif await self._client.receipt(batch.tx_hash) is not None:
-                report.waiting += 1  # mined, waiting for confirmations
-            elif batch.nonce < mined_nonce or any(n not in ours for n in range(mined_nonce, batch.nonce)):
-                # Its nonce went to another transaction, or an earlier one of ours (a keeper
-                # transaction the node lost) left a gap it can never pass: send its readings anew.
-                _LOGGER.warning(
-                    "settle tx %s (nonce %d) will not be mined; its readings wait again", batch.tx_hash, batch.nonce
-                )
-                self._store.drop_batch(batch.id)
-                self._sender.forget_nonces()
-                self._metrics.batches.labels("dropped").inc()
-            else:
-                await self._client.send_raw(batch.raw_tx)  # the node may have lost it (restart)
-                report.waiting += 1
+        waiting: list[WaitingSettle] = []
+        if open_batches:
+            mined_nonce = await self._client.nonce(self._sender.signer.address, "latest")
+            ours = {b.nonce for b in open_batches}
+            for batch in open_batches:
+                mined = await self._mined(batch)
+                if mined is not None:
+                    tx_hash, receipt = mined
+                    if await self._sender.deep_enough(receipt):
+                        await self._apply(batch, tx_hash, receipt, report)
+                        continue
+                    waiting.append(self._still_waiting(batch, tx_hash, "confirmations", report))
+                elif batch.nonce < mined_nonce or any(n not in ours for n in range(mined_nonce, batch.nonce)):
+                    # Its nonce went to another transaction, or an earlier one of ours (a keeper
+                    # transaction the node lost) left a gap it can never pass: send its readings anew.
+                    _LOGGER.warning(
+                        "settle tx %s (nonce %d) will not be mined; its readings wait again", batch.tx_hash, batch.nonce
+                    )
+                    self._store.drop_batch(batch.id)
+                    self._sender.forget_nonces()
+                    self._metrics.batches.labels("dropped").inc()
+                elif time.time() - batch.sent_at >= self._replace_after:
+                    tx_hash = await self._replace(batch)
+                    report.replaced += 1
+                    waiting.append(self._still_waiting(batch, tx_hash, "inclusion", report))
+                else:
+                    await self._client.send_raw(batch.raw_tx)  # the node may have lost it (restart)
+                    waiting.append(self._still_waiting(batch, batch.tx_hash, "inclusion", report))
+        still_open = {b.id for b in self._store.open_batches()}
+        self._rounds_waited = {i: n for i, n in self._rounds_waited.items() if i in still_open}
+        self.waiting = max(waiting, key=lambda w: w.rounds, default=None)
 
-    async def _apply(self, batch: Batch, tx_receipt: TxReceipt, report: RelayReport) -> None:
+    async def _mined(self, batch: Batch) -> tuple[str, TxReceipt] | None:
+        """The transaction of the batch that was mined (the last one, or one it replaced), with its receipt."""
+        for tx_hash in batch.hashes:
+            receipt = await self._client.receipt(tx_hash)
+            if receipt is not None:
+                return tx_hash, receipt
+        return None
+
+    def _still_waiting(self, batch: Batch, tx_hash: str, waiting_for: str, report: RelayReport) -> WaitingSettle:
+        report.waiting += 1
+        rounds = self._rounds_waited.get(batch.id, 0) + 1
+        self._rounds_waited[batch.id] = rounds
+        if rounds == STUCK_ROUNDS:
+            detail = (
+                f"mined, waiting for {self._sender.confirmations} confirmation(s); does the chain make blocks?"
+                if waiting_for == "confirmations"
+                else "not mined yet"
+            )
+            _LOGGER.warning("settle tx %s (nonce %d) has waited %d rounds: %s", tx_hash, batch.nonce, rounds, detail)
+        return WaitingSettle(tx_hash, batch.nonce, rounds, waiting_for)
+
+    async def _replace(self, batch: Batch) -> str:
+        """Sign the batch's transaction again with higher fees, record it, then broadcast it."""
+        offered = self._client.fees_of(batch.raw_tx)
+        current = await self._client.fees()
+        priority = max(int(offered.priority_fee * FEE_BUMP) + 1, current.priority_fee)
+        fees = Fees(max_fee=max(int(offered.max_fee * FEE_BUMP) + 1, current.max_fee, priority), priority_fee=priority)
+        tx_hash, raw = self._client.resign(batch.raw_tx, self._sender.signer, fees)
+        self._store.replace_batch_tx(batch.id, tx_hash, raw)
+        self._metrics.batches.labels("replaced").inc()
+        _LOGGER.warning(
+            "settle tx %s (nonce %d) not mined after %.0f s: replaced by %s, max fee %d -> %d wei/gas",
+            batch.tx_hash, batch.nonce, self._replace_after, tx_hash, offered.max_fee, fees.max_fee,
+        )  # fmt: skip
+        await self._client.send_raw(raw)
+        return tx_hash
+
+    async def _apply(self, batch: Batch, tx_hash: str, tx_receipt: TxReceipt, report: RelayReport) -> None:
         readings = self._store.batch_readings(batch.id)
         gas_used = int(tx_receipt["gasUsed"])
         self._metrics.gas_used.inc(gas_used)
         if tx_receipt["status"] != 1:
-            _LOGGER.error("settle tx %s reverted; its %d readings wait again", batch.tx_hash, len(readings))
+            _LOGGER.error("settle tx %s reverted; its %d readings wait again", tx_hash, len(readings))
             self._metrics.batches.labels("reverted").inc()
             self._store.complete_batch(batch.id, gas_used, [], [], [r.id for r in readings])
             return
@@ -210,6 +282,4 @@ class Relayer:
         self._metrics.readings_settled.inc(len(settled))
         report.settled += len(settled)
         report.skipped += len(skipped)
-        _LOGGER.info(
-            "settle tx %s: %d settled, %d skipped, gas %d", batch.tx_hash, len(settled), len(skipped), gas_used
-        )
+        _LOGGER.info("settle tx %s: %d settled, %d skipped, gas %d", tx_hash, len(settled), len(skipped), gas_used)

@@ -10,10 +10,16 @@ confirmed) -> one of ``settled`` (our transaction's ReadingsAccepted holds it), 
 chain already held exactly this reading: another oracle relayed it), ``superseded`` (the chain
 holds a newer reading of its meter, whose cumulative covers it), ``skipped`` (the contract
 skipped it; ``skip_reason`` says why).
+
+Retention: readings done (settled, onchain, superseded, skipped) and accepted longer ago than the
+retention age are deleted, except each meter's newest, and so are old finished batches. SQLite
+reuses the freed pages, and the WAL is truncated to ``WAL_LIMIT`` after each checkpoint, so the
+file stays about as large as the readings of one retention period (``size_bytes`` reports it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -46,7 +52,13 @@ CREATE TABLE IF NOT EXISTS batches (
     gas_used INTEGER,
     created_at INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS readings_received ON readings (received_at);
+CREATE TABLE IF NOT EXISTS replaced_txs (batch_id INTEGER NOT NULL, tx_hash TEXT NOT NULL);
 """
+# Columns added after the first release, as (table, column, declaration): added to older databases.
+_ADDED_COLUMNS = (("batches", "sent_at", "INTEGER"),)
+WAL_LIMIT = 64 * 1024 * 1024  # bytes the WAL keeps after a checkpoint
+PRUNE_CHUNK = 5000  # rows deleted per statement, so the event loop is never held for long
 
 WAITING = ("pending", "sending")
 DONE = ("settled", "onchain")
@@ -68,8 +80,15 @@ class StoredReading:
 class Batch:
     id: int
     nonce: int
-    tx_hash: str
+    tx_hash: str  # the transaction last broadcast for this nonce
     raw_tx: bytes
+    sent_at: int = 0  # Unix time it was broadcast
+    replaced: tuple[str, ...] = ()  # earlier transactions of the same batch, replaced with a higher fee
+
+    @property
+    def hashes(self) -> tuple[str, ...]:
+        """Every transaction that may carry this batch, newest first: any one of them may be mined."""
+        return (self.tx_hash, *reversed(self.replaced))
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,10 +116,31 @@ class ReadingStore:
     the check-then-insert of the ingest path free of interleaving."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
         self._db.executescript(_SCHEMA)
+        for table, column, declaration in _ADDED_COLUMNS:
+            columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+
+    def size_bytes(self) -> int:
+        """The database on disk: the file, its WAL and shared-memory index."""
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                total += Path(f"{self.path}{suffix}").stat().st_size
+        return total
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     def close(self) -> None:
         self._db.close()
@@ -153,9 +193,11 @@ class ReadingStore:
         )
 
     def queue(self) -> tuple[int, int | None]:
-        """Readings waiting to settle, and the timestamp of the oldest of them."""
+        """Readings waiting to settle, and when the oldest of them was accepted (Unix seconds).
+        Acceptance, not the meter's timestamp: a meter that back-fills a day of buffered readings
+        has not made the oracle a day late."""
         count, oldest = self._db.execute(
-            "SELECT COUNT(*), MIN(timestamp) FROM readings WHERE status IN ('pending', 'sending')"
+            "SELECT COUNT(*), MIN(received_at) FROM readings WHERE status IN ('pending', 'sending')"
         ).fetchone()
         return int(count), oldest
 
@@ -189,9 +231,10 @@ class ReadingStore:
         """Remember a signed settle transaction and mark its readings in flight, before it is sent."""
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
+            now = int(time.time())
             cursor = self._db.execute(
-                "INSERT INTO batches (nonce, tx_hash, raw_tx, created_at) VALUES (?, ?, ?, ?)",
-                (nonce, tx_hash, raw_tx, int(time.time())),
+                "INSERT INTO batches (nonce, tx_hash, raw_tx, created_at, sent_at) VALUES (?, ?, ?, ?, ?)",
+                (nonce, tx_hash, raw_tx, now, now),
             )
             batch_id = int(cursor.lastrowid or 0)
             self._db.executemany(
@@ -201,8 +244,30 @@ class ReadingStore:
         return batch_id
 
     def open_batches(self) -> list[Batch]:
-        rows = self._db.execute("SELECT id, nonce, tx_hash, raw_tx FROM batches WHERE status = 'sent' ORDER BY nonce")
-        return [Batch(*row) for row in rows]
+        rows = self._db.execute(
+            "SELECT id, nonce, tx_hash, raw_tx, COALESCE(sent_at, created_at) FROM batches WHERE status = 'sent' "
+            "ORDER BY nonce"
+        ).fetchall()
+        out = []
+        for batch_id, nonce, tx_hash, raw_tx, sent_at in rows:
+            replaced = self._db.execute(
+                "SELECT tx_hash FROM replaced_txs WHERE batch_id = ? ORDER BY rowid", (batch_id,)
+            ).fetchall()
+            out.append(Batch(batch_id, nonce, tx_hash, raw_tx, int(sent_at), tuple(h for (h,) in replaced)))
+        return out
+
+    def replace_batch_tx(self, batch_id: int, tx_hash: str, raw_tx: bytes) -> None:
+        """Record the higher-fee transaction that replaces a batch's transaction (same nonce, same
+        readings), before it is broadcast; the replaced one is remembered, as it may still be mined."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "INSERT INTO replaced_txs (batch_id, tx_hash) SELECT id, tx_hash FROM batches WHERE id = ?", (batch_id,)
+            )
+            self._db.execute(
+                "UPDATE batches SET tx_hash = ?, raw_tx = ?, sent_at = ? WHERE id = ?",
+                (tx_hash, raw_tx, int(time.time()), batch_id),
+            )
 
     def batch_readings(self, batch_id: int) -> list[StoredReading]:
         rows = self._db.execute(
@@ -249,3 +314,25 @@ class ReadingStore:
                 "UPDATE readings SET status = 'pending', batch_id = NULL WHERE batch_id = ? AND status = 'sending'",
                 (batch_id,),
             )
+
+    # ------------------------------------------------------------------ retention
+
+    def prune(self, older_than: int, limit: int = PRUNE_CHUNK) -> int:
+        """Delete up to `limit` readings that are done and were accepted before `older_than` (Unix
+        seconds), keeping each meter's newest, and finished batches of that age; returns the
+        readings deleted. Call again while it returns `limit`."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            deleted = self._db.execute(
+                "DELETE FROM readings WHERE id IN (SELECT id FROM readings r WHERE received_at < ? "
+                "AND status NOT IN ('pending', 'sending') "
+                "AND EXISTS (SELECT 1 FROM readings n WHERE n.meter = r.meter AND n.timestamp > r.timestamp) LIMIT ?)",
+                (older_than, limit),
+            ).rowcount
+            self._db.execute(
+                "DELETE FROM replaced_txs WHERE batch_id IN "
+                "(SELECT id FROM batches WHERE status != 'sent' AND created_at < ?)",
+                (older_than,),
+            )
+            self._db.execute("DELETE FROM batches WHERE status != 'sent' AND created_at < ?", (older_than,))
+        return int(deleted)

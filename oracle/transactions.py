@@ -53,12 +53,15 @@ class TransactionSender:
             await asyncio.sleep(POLL_SECONDS)
 
     async def confirmed(self, tx_hash: str, confirmations: int | None = None) -> TxReceipt | None:
-        depth = self.confirmations if confirmations is None else confirmations
         receipt = await self.client.receipt(tx_hash)
-        if receipt is None:
+        if receipt is None or not await self.deep_enough(receipt, confirmations):
             return None
-        if depth > 0:
-            head, _ = await self.client.head()
-            if head - int(receipt["blockNumber"]) < depth:
-                return None
         return receipt
+
+    async def deep_enough(self, receipt: TxReceipt, confirmations: int | None = None) -> bool:
+        """Whether `confirmations` (default: the configured number) blocks are on top of the receipt's."""
+        depth = self.confirmations if confirmations is None else confirmations
+        if depth == 0:
+            return True
+        head, _ = await self.client.head()
+        return head - int(receipt["blockNumber"]) >= depth

@@ -1,5 +1,6 @@
 """Follows the chain: head block, and the market events the oracle caches (meters registered or
-revoked, connections closed). Loaded from the whole history at start-up, then polled."""
+revoked, connections closed). Loaded at start-up from the market's history, from its deployment
+block on (nothing of the market can be older), then polled."""
 
 from __future__ import annotations
 
@@ -17,8 +18,17 @@ EVENTS = ("MeterRegistered", "MeterRevoked", "ConnectionClosed")
 
 
 class Watcher:
-    def __init__(self, client: MarketClient, view: ChainView, ingest: Ingest, keeper: Keeper, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        client: MarketClient,
+        view: ChainView,
+        ingest: Ingest,
+        keeper: Keeper,
+        metrics: Metrics,
+        start_block: int = 0,
+    ) -> None:
         self._client = client
+        self._start_block = start_block
         self._view = view
         self._ingest = ingest
         self._keeper = keeper
@@ -29,7 +39,7 @@ class Watcher:
         """Read the market's history: every meter ever registered (its current state from meterOf)
         and the connections closed but not yet released."""
         head, head_ts = await self._client.head()
-        logs = await self._client.logs(0, head, EVENTS)
+        logs = await self._client.logs(self._start_block, head, EVENTS)
         meters = sorted({log.args["meter"] for log in logs if log.name != "ConnectionClosed"})
         views = await self._client.meters(meters)
         self._view.registered = {m for m, v in views.items() if v.registered}
@@ -42,8 +52,8 @@ class Watcher:
                 await self._keeper.track_closed(int(log.args["id"]), int(log.args["closedAt"]), check=True)
         self._next_block = head + 1
         self._seen(head, head_ts)
-        _LOGGER.info("chain at block %d: %d registered meters, %d closed connections to release",
-                     head, len(self._view.registered), len(self._keeper.closed))  # fmt: skip
+        _LOGGER.info("history from block %d to %d: %d registered meters, %d closed connections to release",
+                     self._start_block, head, len(self._view.registered), len(self._keeper.closed))  # fmt: skip
 
     async def poll(self) -> None:
         """Apply the events of new blocks; a chain that went backwards (a reset dev node) is reloaded."""
@@ -57,8 +67,10 @@ class Watcher:
                 for log in await self._client.logs(self._next_block, head, EVENTS):
                     if log.name == "MeterRegistered":
                         self._view.registered.add(log.args["meter"])
+                        _LOGGER.info("meter %s registered (block %d)", log.args["meter"], log.block_number)
                     elif log.name == "MeterRevoked":
                         self._view.registered.discard(log.args["meter"])
+                        _LOGGER.info("meter %s revoked (block %d)", log.args["meter"], log.block_number)
                     else:
                         await self._keeper.track_closed(int(log.args["id"]), int(log.args["closedAt"]), check=False)
                 self._next_block = head + 1

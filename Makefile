@@ -37,11 +37,12 @@ lint: $(STAMP_PY)
 # pytest-homeassistant-custom-component offers (Python 3.14; scripts/ha-newest.sh provisions it on
 # first use and caches it in ~/.cache/energykart).
 test: bootstrap lint
-	HYPOTHESIS_EXAMPLES=$(HYPOTHESIS_EXAMPLES) $(PYTEST) -p no:homeassistant -p no:cacheprovider tests/contract tests/oracle tests/demo
+	HYPOTHESIS_EXAMPLES=$(HYPOTHESIS_EXAMPLES) $(PYTEST) -p no:homeassistant -p no:cacheprovider tests/contract tests/oracle tests/meter tests/demo
 	COVERAGE_FILE=.coverage.ha $(PYTEST) -p no:cacheprovider tests/ha --cov=custom_components/energykart --cov-report=term --cov-report=json:.coverage.ha.json --cov-fail-under=95
 	$(PY) scripts/coverage_per_module.py --label ha-2025.4 .coverage.ha.json
 	@rm -f .coverage.ha .coverage.ha.json
 	scripts/ha-newest.sh
+	scripts/ha-newest.sh -p no:homeassistant -p no:cacheprovider -q tests/oracle/test_packaging.py
 	$(PYTEST) -p no:homeassistant -p no:cacheprovider tests/browser
 
 bench: bootstrap

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from oracle.meter.cli import _parser as meter_parser
 from tests.oracle.conftest import REPO_ROOT
 
 DEPLOY = REPO_ROOT / "deploy"
@@ -71,9 +72,18 @@ def test_oracle_unit_takes_the_key_as_a_credential() -> None:
 
 
 def test_meter_unit_runs_the_gateway_cli() -> None:
+    """The unit's command line is one the gateway's own parser accepts, with a keystore and a state file."""
     command = _service("energykart-meter.service")["ExecStart"][0]
-    for flag in ("--source", "--keystore", "--password-file", "--oracle", "--state", "--interval"):
-        assert f" {flag} " in command
+    environment = {"METER_SOURCE": "dsmr:///dev/ttyUSB0", "METER_ORACLE": "http://127.0.0.1:8787",
+                   "METER_CHAIN_ID": "100", "METER_CONTRACT": "0x" + "11" * 20, "METER_INTERVAL": "60"}  # fmt: skip
+    for name, value in environment.items():
+        command = command.replace("${" + name + "}", value)
+    argv = command.split()[1:]
+    args = meter_parser().parse_args(argv)
+    assert (args.source, args.chain_id, args.interval) == ("dsmr:///dev/ttyUSB0", 100, 60.0)
+    assert str(args.keystore) == "%d/meter-keystore"
+    assert str(args.password_file) == "%d/meter-password"
+    assert str(args.state_file) == "%S/energykart-meter/state.json"
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze (configparser checks ran)")

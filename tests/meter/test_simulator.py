@@ -1,10 +1,12 @@
-"""The meter simulator: profiles, signatures, resumable state, command line, delivery to an oracle."""
+"""The `sim:` source and the `Meter` library: profiles, signatures, resumable state, command line,
+delivery to a real oracle (moved from tests/oracle/test_meter.py)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from itertools import pairwise
 from pathlib import Path
 
@@ -238,7 +240,7 @@ def test_cli_help_documents_every_option() -> None:
         (["--key-file", "{key}", "--speedup", "0"], "--speedup must be a positive"),
         (["--key-file", "{key}", "--count", "0"], "--count must be at least 1"),
         (["--key-file", "{key}", "--start-wh", "-1"], "--start-wh must be"),
-        (["--key-file", "{key}", "--profile", "solar"], "unknown profile"),
+        (["--key-file", "{key}", "--source", "sim:solar", "--profile", "x"], "not both"),
         (["--key-file", "{key}", "--state-file", "{foreign_state}"], "belongs to meter"),
         (["--key-file", "{key}", "--interval", "soon"], "invalid float value"),
     ],
@@ -251,7 +253,7 @@ def test_cli_config_errors(args, message, tmp_path, meter_key, capsys, monkeypat
     bad_key.write_text("0x" + "zz" * 32)
     foreign_state = tmp_path / "state.json"
     Meter(Account.create().key, Domain(31337, CONTRACT), ConstantProfile(1), state_file=foreign_state).reading_at(1)
-    argv = ["--chain-id", "31337", "--contract", CONTRACT]
+    argv = ["--chain-id", "31337", "--contract", CONTRACT, "--profile", "household"]
     argv += [a.format(key=key, bad_key=bad_key, foreign_state=foreign_state) for a in args]
     with pytest.raises(SystemExit) as exited:
         main(argv)
@@ -283,10 +285,23 @@ def test_state_file_is_plain_json(tmp_path, meter_key, domain) -> None:
 # --- against a real oracle process and a real anvil ----------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def chain(module_chain: Chain) -> Chain:
+    """The module's market: its oracle is shared, each test uses meters of its own."""
+    return module_chain
+
+
 @pytest.fixture
-def registered(chain: Chain) -> list[LocalAccount]:
-    """Three meters registered before any oracle starts, so every oracle knows them at once."""
-    return [chain.new_meter(chain.accounts[1]) for _ in range(3)]
+def registered(chain: Chain, module_oracle: Oracle) -> list[LocalAccount]:
+    """Three meters of the test's own, registered and known to the module's oracle."""
+    meters = [chain.new_meter(chain.accounts[1]) for _ in range(3)]
+    module_oracle.sync(chain)
+    return meters
+
+
+@pytest.fixture
+def start_oracle(module_oracle: Oracle) -> Callable[[Chain], Oracle]:
+    return lambda _chain: module_oracle
 
 
 async def test_meter_posts_to_a_real_oracle(chain, registered, start_oracle, tmp_path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from collections.abc import Iterable
 from functools import cache
 from importlib import resources
@@ -133,6 +134,18 @@ def _currency(text: str) -> ChecksumAddress:
     return Web3.to_checksum_address(text)
 
 
+NODE_WAIT_SECONDS = 15.0
+
+
+def _wait_for_node(w3: Web3, url: str, parser: argparse.ArgumentParser) -> None:
+    """Give a node started just before (`anvil &` on the line above) time to listen."""
+    deadline = time.monotonic() + NODE_WAIT_SECONDS
+    while not w3.is_connected():
+        if time.monotonic() > deadline:
+            parser.error(f"--rpc-url {url}: no JSON-RPC node answers there (waited {NODE_WAIT_SECONDS:g} s)")
+        time.sleep(0.2)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rpc-url", required=True, help="JSON-RPC URL of a node with an unlocked account")
@@ -149,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, metavar="FILE", help="also write the printed JSON to FILE")
     args = parser.parse_args(argv)
     w3 = Web3(Web3.HTTPProvider(args.rpc_url))
+    _wait_for_node(w3, args.rpc_url, parser)
     deployer = args.deployer or w3.eth.accounts[0]
     if args.currency != NATIVE and not w3.eth.get_code(args.currency):
         parser.error(f"--currency {args.currency}: no contract at that address on this chain")

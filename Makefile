@@ -49,6 +49,7 @@ bench: bootstrap
 	$(PY) bench/gas.py
 	$(PY) bench/oracle_ingest.py
 	$(PY) bench/scale.py
+	$(PY) bench/market.py
 
 # Long runs, one after the other: the contract's stateful property test at
 # 10,000 examples (SOAK_STATEFUL_EXAMPLES per currency, native and ERC-20), the oracle under load for SOAK_MINUTES with its node restarted twice and itself

@@ -4,7 +4,9 @@ The market settles in the native coin, or (`--currency token`) in a DemoToken de
 day: an OpenZeppelin ERC-20 called EURe, standing in for a euro stablecoin, minted to every home.
 
 The node must hold unlocked accounts (anvil does): the first one deploys the market and registers
-the meters, the next ones are the homes. The oracle's relayer signs its own transactions with a key
+the meters, the next ones are the homes. When they are anvil's default accounts, the demo knows
+their keys and signs the homes' EIP-2612 permits, so a bid in a token market is one transaction.
+The oracle's relayer signs its own transactions with a key
 of anvil's default mnemonic, derived right after the homes' accounts, so its nonces never collide
 with the node-managed ones; on another node it is funded from the deployer first.
 """
@@ -49,9 +51,10 @@ class Devnet:
     homes: tuple[ChecksumAddress, ...]
     meters: tuple[LocalAccount, ...]  # one meter key per home, registered to it
     relayer: LocalAccount
+    home_keys: tuple[LocalAccount, ...] = ()  # the homes' keys, when the node's accounts are anvil's defaults
 
 
-def relayer_key(index: int) -> LocalAccount:
+def anvil_key(index: int) -> LocalAccount:
     """Account `index` of anvil's default mnemonic (m/44'/60'/0'/0/index)."""
     Account.enable_unaudited_hdwallet_features()
     account: LocalAccount = Account.from_mnemonic(DEFAULT_MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}")
@@ -77,7 +80,9 @@ def prepare(rpc_url: str, homes: int, seed: int, currency: str = "native") -> De
             "(a deployer, the homes, the relayer)"
         )
     registrar, home_accounts = accounts[0], tuple(accounts[1 : homes + 1])
-    relayer = relayer_key(homes + 1)
+    relayer = anvil_key(homes + 1)
+    keys = tuple(anvil_key(i + 1) for i in range(homes))
+    home_keys = keys if tuple(k.address for k in keys) == home_accounts else ()
     if w3.eth.get_balance(relayer.address) < MIN_RELAYER_BALANCE_WEI:
         tx_hash = w3.eth.send_transaction({"from": registrar, "to": relayer.address, "value": Wei(RELAYER_FUNDING_WEI)})
         w3.eth.wait_for_transaction_receipt(tx_hash)
@@ -103,4 +108,5 @@ def prepare(rpc_url: str, homes: int, seed: int, currency: str = "native") -> De
         homes=home_accounts,
         meters=meters,
         relayer=relayer,
+        home_keys=home_keys,
     )

@@ -19,7 +19,6 @@ DAY_START_HOUR = 5.0  # the day is played from 05:00 to 05:00
 SOLAR_NOON = 13.0
 SOLAR_WIDTH_HOURS = 2.6
 _DAY_ORIGIN = 1_700_006_400  # a UTC midnight: household load curves are read from this day
-GWEI = 10**9
 
 # Roles handed out in turn, so any number of homes mixes sellers and buyers.
 _ROLES: tuple[tuple[str, float, int], ...] = (  # (kind, solar kWp, battery Wh)
@@ -34,15 +33,13 @@ _ROLES: tuple[tuple[str, float, int], ...] = (  # (kind, solar kWp, battery Wh)
 
 @dataclass(frozen=True, slots=True)
 class HomeSpec:
-    """What a home has and what it is willing to pay or accept, in wei per kWh."""
+    """What a home has; its prices come from the grid's tariff and its autopilot."""
 
     index: int
     kind: str
     solar_kwp: float
     battery_wh: int
     load_scale: float
-    ask_price: int  # a seller's start price
-    max_price: int  # the most a buyer pays (the grid's price to it)
     start_wh: int  # the meter's cumulative import when the day begins
 
     @property
@@ -100,12 +97,18 @@ def make_specs(count: int, rng: random.Random) -> list[HomeSpec]:
                 solar_kwp=round(kwp * rng.uniform(0.85, 1.15), 2),
                 battery_wh=battery,
                 load_scale=rng.uniform(0.8, 1.4),
-                ask_price=rng.randrange(90_000, 120_000, 1_000) * GWEI,
-                max_price=rng.randrange(160_000, 240_000, 1_000) * GWEI,
-                start_wh=rng.randrange(1_000_000, 9_000_000),
+                start_wh=_meter_start_wh(rng),
             )
         )
     return specs
+
+
+def _meter_start_wh(rng: random.Random) -> int:
+    """The meter's start reading, drawn after the two draws of the homes' former fixed prices
+    (prices now come from the tariff and the autopilot): each seed still plays the day it always did."""
+    rng.randrange(90_000, 120_000, 1_000)
+    rng.randrange(160_000, 240_000, 1_000)
+    return rng.randrange(1_000_000, 9_000_000)
 
 
 def plan_day(spec: HomeSpec, steps: int, cover: list[float], rng: random.Random) -> HomeDay:

@@ -26,6 +26,15 @@ def eth(wei: int) -> str:
     return f"{wei / ETH:.6f}"
 
 
+def price_text(units: int, symbol: str) -> str:
+    """A price per kWh: gwei for ETH, the token itself (18 decimals) for a stablecoin."""
+    return f"{gwei(units)} gwei/kWh" if symbol == "ETH" else f"{units / ETH:.4f} {symbol}/kWh"
+
+
+def money_text(units: int, symbol: str) -> str:
+    return f"{eth(units)} ETH" if symbol == "ETH" else f"{units / ETH:.4f} {symbol}"
+
+
 @dataclass
 class Offer:
     id: int
@@ -56,6 +65,8 @@ class Connection:
     closed_at: int = 0
     closed_step: int | None = None
     ended_step: int | None = None
+    deliveries: dict[int, int] = field(default_factory=dict)  # Wh delivered in each timestep
+    accounted_wh: int = 0  # delivered Wh already put into `deliveries`
 
     @property
     def open(self) -> bool:
@@ -89,8 +100,16 @@ class StepFigures:
 
 
 class Ledger:
-    def __init__(self, names: Sequence[str], homes: Sequence[ChecksumAddress], meters: Sequence[str], steps: int):
+    def __init__(
+        self,
+        names: Sequence[str],
+        homes: Sequence[ChecksumAddress],
+        meters: Sequence[str],
+        steps: int,
+        symbol: str = "ETH",
+    ):
         self.names = list(names)
+        self.symbol = symbol
         self._home_of: dict[str, int] = {address: i for i, address in enumerate(homes)}
         self._meter_home: dict[str, int] = {meter: i for i, meter in enumerate(meters)}
         self.offers: dict[int, Offer] = {}
@@ -126,7 +145,7 @@ class Ledger:
         self.offers[offer.id] = offer
         return (
             f"offer #{offer.id}: {self.names[offer.seller]} sells {offer.energy_wh} Wh "
-            f"from {gwei(offer.start_price)} gwei/kWh"
+            f"from {price_text(offer.start_price, self.symbol)}"
         )
 
     def _on_BidPlaced(self, args: dict[str, object]) -> str:
@@ -135,14 +154,15 @@ class Ledger:
         offer.bidder = self._home_of[str(args["bidder"])]
         offer.bids += 1
         self.books[offer.bidder].escrowed_wei += _int(args["escrowWei"])
-        return f"bid on #{offer.id}: {self.names[offer.bidder]} {gwei(offer.price)} gwei/kWh"
+        return f"bid on #{offer.id}: {self.names[offer.bidder]} {price_text(offer.price, self.symbol)}"
 
     def _on_Outbid(self, args: dict[str, object]) -> str:
         offer = self.offers[_int(args["id"])]
         offer.outbids += 1
         loser = self._home_of[str(args["bidder"])]
         self.books[loser].outbid_wei += _int(args["refundWei"])
-        return f"outbid on #{offer.id}: {self.names[loser]} gets {eth(_int(args['refundWei']))} ETH back as credit"
+        refund = money_text(_int(args["refundWei"]), self.symbol)
+        return f"outbid on #{offer.id}: {self.names[loser]} gets {refund} back as credit"
 
     def _on_OfferExpired(self, args: dict[str, object]) -> str:
         offer = self.offers[_int(args["id"])]
@@ -165,7 +185,7 @@ class Ledger:
             self.figures[conn.step].prices.append((conn.price, conn.cap_wh))
         return (
             f"connection #{conn.id} opened: {self.names[conn.seller]} -> {self.names[conn.buyer]}, "
-            f"{conn.cap_wh} Wh at {gwei(conn.price)} gwei/kWh"
+            f"{conn.cap_wh} Wh at {price_text(conn.price, self.symbol)}"
         )
 
     def _on_ReadingsAccepted(self, args: dict[str, object]) -> str:
@@ -197,8 +217,8 @@ class Ledger:
         self.books[conn.buyer].refund_wei += conn.refund_wei
         how = "completed" if args["completed"] else "released"
         return (
-            f"connection #{conn.id} {how}: {conn.delivered_wh} Wh for {eth(conn.paid_wei)} ETH, "
-            f"{eth(conn.refund_wei)} ETH back to {self.names[conn.buyer]}"
+            f"connection #{conn.id} {how}: {conn.delivered_wh} Wh for {money_text(conn.paid_wei, self.symbol)}, "
+            f"{money_text(conn.refund_wei, self.symbol)} back to {self.names[conn.buyer]}"
         )
 
     def _on_Withdrawn(self, args: dict[str, object]) -> str:
@@ -206,7 +226,7 @@ class Ledger:
         if home is None:
             return ""
         self.books[home].withdrawn_wei += _int(args["amountWei"])
-        return f"{self.names[home]} withdrew {eth(_int(args['amountWei']))} ETH"
+        return f"{self.names[home]} withdrew {money_text(_int(args['amountWei']), self.symbol)}"
 
     # ------------------------------------------------------------------ delivery
 
@@ -220,6 +240,11 @@ class Ledger:
             if conn.open:
                 conn.delivered_wh = state.delivered_wh
                 conn.paid_wei = state.paid_wei
+        for conn in self.connections.values():
+            new_wh = conn.delivered_wh - conn.accounted_wh
+            if new_wh and 0 <= energy_step < len(self.figures):
+                conn.deliveries[energy_step] = conn.deliveries.get(energy_step, 0) + new_wh
+                conn.accounted_wh = conn.delivered_wh
         delivered = sum(c.delivered_wh for c in self.connections.values())
         paid = sum(c.paid_wei for c in self.connections.values())
         if 0 <= energy_step < len(self.figures):

@@ -11,7 +11,7 @@ from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from energykart_demo.ledger import Ledger, eth, gwei
+from energykart_demo.ledger import ETH, Ledger, eth, gwei
 from oracle.chain import Status
 
 RECENT_LINES = 8
@@ -57,8 +57,8 @@ class LiveView:
         self._ledger = Ledger([], [], [], 0)
         self._kinds = kinds
         self._symbol = symbol
-        # prices in 10^-9 of the currency per kWh (gwei for ETH; the demo token has 18 decimals too)
-        self._per_kwh = "gwei/kWh" if symbol == "ETH" else f"n{symbol}/kWh"
+        # prices per kWh in gwei for ETH, in the token itself for a stablecoin
+        self._per_kwh = "gwei/kWh" if symbol == "ETH" else f"{symbol}/kWh"
         self._recent: deque[str] = deque(maxlen=RECENT_LINES)
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -69,6 +69,12 @@ class LiveView:
         )
         self._task = self._progress.add_task("trading day", total=None)
         self._live = Live(console=console, refresh_per_second=8)
+
+    def _price(self, units: int) -> str:
+        return gwei(units) if self._symbol == "ETH" else f"{units / ETH:.4f}"
+
+    def _money(self, units: int) -> str:
+        return eth(units) if self._symbol == "ETH" else f"{units / ETH:.4f}"
 
     def begin(self, total: int, ledger: Ledger) -> None:
         self._ledger = ledger
@@ -118,8 +124,8 @@ class LiveView:
                     f"#{offer.id}",
                     names[offer.seller],
                     str(offer.energy_wh),
-                    gwei(offer.start_price),
-                    gwei(offer.price) if offer.bidder is not None else "-",
+                    self._price(offer.start_price),
+                    self._price(offer.price) if offer.bidder is not None else "-",
                     names[offer.bidder] if offer.bidder is not None else "-",
                     str(offer.bids),
                     offer.status,
@@ -145,10 +151,10 @@ class LiveView:
             table.add_row(
                 f"#{conn.id}",
                 f"{names[conn.seller]} → {names[conn.buyer]}",
-                gwei(conn.price),
+                self._price(conn.price),
                 str(conn.cap_wh),
                 str(conn.delivered_wh),
-                eth(conn.paid_wei),
+                self._money(conn.paid_wei),
                 conn.status.name.lower(),
                 style=style,
             )
@@ -165,7 +171,7 @@ class LiveView:
                 kind,
                 f"{book.sold_wh / 1000:.3f}",
                 f"{book.bought_wh / 1000:.3f}",
-                eth(book.earned_wei),
-                eth(book.paid_wei),
+                self._money(book.earned_wei),
+                self._money(book.paid_wei),
             )
         return table

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import aiohttp
+from eth_account.messages import encode_typed_data
+from eth_account.signers.local import LocalAccount
 from eth_typing import ABIFunction, ChecksumAddress
 from eth_utils.abi import function_abi_to_4byte_selector
 from web3.contract.async_contract import AsyncContractFunction
@@ -25,7 +27,22 @@ EVENT_NAMES = tuple(item["name"] for item in ABI if item["type"] == "event")
 _FUNCTIONS = {
     "0x" + function_abi_to_4byte_selector(cast(ABIFunction, i)).hex(): i["name"] for i in ABI if i["type"] == "function"
 }
+_TOKEN_FUNCTIONS = {
+    "0x" + function_abi_to_4byte_selector(cast(ABIFunction, i)).hex(): i["name"]
+    for i in token_artifact()["abi"]
+    if i["type"] == "function"
+}
 DEPLOY = "deploy"
+PERMIT_SECONDS = 3600
+PERMIT_TYPES = {
+    "Permit": [
+        {"name": "owner", "type": "address"},
+        {"name": "spender", "type": "address"},
+        {"name": "value", "type": "uint256"},
+        {"name": "nonce", "type": "uint256"},
+        {"name": "deadline", "type": "uint256"},
+    ]
+}
 
 
 class TradeRejected(RuntimeError):
@@ -61,9 +78,16 @@ class Market:
     """One deployed EnergyMarket, driven from the demo."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, rpc_url: str, address: ChecksumAddress, currency: str = NATIVE
+        self,
+        session: aiohttp.ClientSession,
+        rpc_url: str,
+        address: ChecksumAddress,
+        currency: str = NATIVE,
+        keys: Sequence[LocalAccount] = (),
     ) -> None:
         self.client = MarketClient(session, rpc_url, address)
+        self.keys = {key.address: key for key in keys}  # homes whose permits the demo can sign
+        self._permit_domain: dict[str, Any] | None = None
         self.w3 = self.client.w3
         self.contract = self.client.contract
         self.address = address
@@ -94,9 +118,31 @@ class Market:
         escrow = (price * energy_wh + 999) // 1000  # the contract's escrowFor, rounded up
         if self.token is None:
             return await self.send(buyer, self.contract.functions.bid(offer_id, price, meter), escrow)
-        # A token market pulls the escrow: approve exactly it, never more.
-        await self.send(buyer, self.token.functions.approve(self.address, escrow))
-        return await self.send(buyer, self.contract.functions.bid(offer_id, price, meter))
+        # A token market pulls the escrow, allowed for exactly it, never more: with an EIP-2612
+        # permit in the bid itself, as the integration does, when the demo holds the home's key.
+        key = self.keys.get(buyer)
+        if key is None:
+            await self.send(buyer, self.token.functions.approve(self.address, escrow))
+            return await self.send(buyer, self.contract.functions.bid(offer_id, price, meter))
+        nonce = int(await self.token.functions.nonces(buyer).call())
+        deadline = await self.now() + PERMIT_SECONDS
+        message = {"owner": buyer, "spender": self.address, "value": escrow, "nonce": nonce, "deadline": deadline}
+        signed = key.sign_message(encode_typed_data(await self._domain(), PERMIT_TYPES, message))
+        r, s = signed.r.to_bytes(32, "big"), signed.s.to_bytes(32, "big")
+        permit = self.contract.functions.bidWithPermit(offer_id, price, meter, deadline, signed.v, r, s)
+        return await self.send(buyer, permit)
+
+    async def _domain(self) -> dict[str, Any]:
+        """The EIP-712 domain of the token's permits: its name, version 1 (OpenZeppelin's ERC20Permit)."""
+        assert self.token is not None
+        if self._permit_domain is None:
+            self._permit_domain = {
+                "name": await self.token.functions.name().call(),
+                "version": "1",
+                "chainId": await self.w3.eth.chain_id,
+                "verifyingContract": self.token.address,
+            }
+        return self._permit_domain
 
     async def close(self, buyer: ChecksumAddress, connection_id: int) -> TxReceipt:
         return await self.send(buyer, self.contract.functions.closeConnection(connection_id))
@@ -171,7 +217,8 @@ class Market:
     # ------------------------------------------------------------------ gas
 
     async def gas_uses(self, from_block: int, to_block: int) -> list[GasUse]:
-        """Every mined transaction to the market (and its deployment) in [from_block, to_block]."""
+        """Every mined transaction to the market (and its deployment) or to its token (the bids'
+        approvals) in [from_block, to_block]."""
         uses: list[GasUse] = []
         for number in range(from_block, to_block + 1):
             block, receipts = await asyncio.gather(
@@ -187,6 +234,8 @@ class Market:
                     kind = DEPLOY
                 elif tx.get("to") == self.address:
                     kind = _FUNCTIONS.get("0x" + bytes(tx["input"][:4]).hex(), "unknown")
+                elif self.token is not None and tx.get("to") == self.token.address:
+                    kind = _TOKEN_FUNCTIONS.get("0x" + bytes(tx["input"][:4]).hex(), "unknown")
                 else:
                     continue
                 gas = int(receipt["gasUsed"], 16)

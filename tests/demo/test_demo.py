@@ -6,6 +6,7 @@ import json
 import struct
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from web3 import Web3
 
 from devchain.anvil import REPO_ROOT, Anvil
 from devchain.deploy import market_at, token_artifact
+from energykart_demo.homes import plan_homes
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -90,8 +92,11 @@ def test_payments_match_the_chain(day, anvil: Anvil) -> None:
 def test_gas_is_reported_per_operation(day) -> None:
     report, _path, _output = day
     by_operation = report["gas_used"]["by_operation"]
-    for operation in ("deploy", "registerMeter", "createOffer", "bid", "finalize", "settle", "withdraw"):
+    # In a token market a bid carries its EIP-2612 permit: one transaction, no approve.
+    bid = "bid" if report["currency"]["symbol"] == "ETH" else "bidWithPermit"
+    for operation in ("deploy", "registerMeter", "createOffer", bid, "finalize", "settle", "withdraw"):
         assert by_operation[operation]["transactions"] > 0
+    assert "approve" not in by_operation
     assert report["gas_used"]["total"] == sum(op["gas"] for op in by_operation.values())
 
 
@@ -109,3 +114,65 @@ def test_bad_arguments_exit_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "--homes" in result.stderr
     assert not (tmp_path / "r.json").exists()
+
+
+def _fee(gas: int, symbol: str) -> int:
+    """Gas at the demo's default L2 price (0.01 gwei) in the currency: EURe at 3000 per ETH, rounded up."""
+    wei = gas * 10**7
+    return wei if symbol == "ETH" else wei * 3000
+
+
+def test_each_home_s_result_is_its_payments_fees_and_grid_bill(day, anvil: Anvil) -> None:
+    """Recomputed from the chain and the planned day, to the unit: fees from every transaction a
+    home sent, the grid bill from what it imported and exported beyond the market, per timestep."""
+    report, _path, output = day
+    symbol = report["currency"]["symbol"]
+    w3 = Web3(Web3.HTTPProvider(anvil.url))
+    targets = {report["contract"].lower(), report["currency"]["address"].lower()}
+    fees_by_sender: dict[str, int] = {}
+    for number in range(report["deploy_block"], w3.eth.block_number + 1):
+        block = w3.eth.get_block(number, full_transactions=True)
+        for tx in block["transactions"]:
+            assert not isinstance(tx, bytes)
+            if tx.get("to") is None or str(tx.get("to")).lower() not in targets:
+                continue
+            gas = w3.eth.get_transaction_receipt(tx["hash"])["gasUsed"]
+            fees_by_sender[tx["from"]] = fees_by_sender.get(tx["from"], 0) + _fee(gas, symbol)
+    days = plan_homes(3, 6, seed=1)
+    rate = Decimal(1) if symbol != "ETH" else Decimal(3000)
+    retail, feed_in = (int(Decimal(p) * 10**18 / rate) for p in ("0.30", "0.08"))
+    for day_plan, home in zip(days, report["homes"], strict=True):
+        sold = [0] * 6
+        bought = [0] * 6
+        for trade in report["trades"]:
+            for step, wh in trade["delivered_wh_by_timestep"].items():
+                if trade["seller"] == home["name"]:
+                    sold[int(step)] += wh
+                if trade["buyer"] == home["name"]:
+                    bought[int(step)] += wh
+        assert sum(sold) == home["sold_wh"]
+        assert sum(bought) == home["bought_wh"]
+        assert all(b <= need for b, need in zip(bought, day_plan.import_wh, strict=True))
+        grid = grid_only = 0
+        for k in range(6):
+            grid_only += retail * day_plan.import_wh[k] // 1000 - feed_in * day_plan.surplus_wh[k] // 1000
+            export = day_plan.surplus_wh[k] - sold[k]
+            grid += retail * (day_plan.import_wh[k] - bought[k]) // 1000
+            grid += retail * max(0, -export) // 1000 - feed_in * max(0, export) // 1000
+        assert home["fees_wei"] == fees_by_sender.get(home["account"], 0)
+        assert home["grid_cost_wei"] == grid
+        assert home["grid_only_result_wei"] == -grid_only
+        assert home["result_wei"] == home["earned_wei"] - home["paid_wei"] - home["fees_wei"] - grid
+        assert home["result_vs_grid_wei"] == home["result_wei"] + grid_only
+        assert home["balance_ok"]
+    market = report["market"]
+    assert market["home_fees_wei"] == sum(h["fees_wei"] for h in report["homes"])
+    assert market["value_traded_wei"] == report["payments_wei"]
+    assert market["fee_share"] == pytest.approx(market["home_fees_wei"] / report["payments_wei"])
+    steps = report["timesteps"]
+    assert all(t["matchable_wh"] == min(t["surplus_wh"], t["demand_wh"]) for t in steps)
+    local = sum(min(t["traded_wh"], t["matchable_wh"]) for t in steps)
+    assert market["local_traded_wh"] == local
+    assert market["traded_over_matchable"] == pytest.approx(local / sum(t["matchable_wh"] for t in steps))
+    assert "vs grid" in output
+    assert "matchable" in output

@@ -25,7 +25,16 @@ from devchain.anvil import Anvil, free_port
 from tests.oracle.conftest import REPO_ROOT, http, wait_for
 
 # What the wheel is built from; devchain/build is a link to contracts/build, kept as a link.
-SOURCES = ("pyproject.toml", "README.md", "oracle", "devchain", "energykart_demo", "contracts/build")
+# energykart_demo/_shared/autopilot.py is a link to the integration's autopilot, copied into the wheel.
+SOURCES = (
+    "pyproject.toml",
+    "README.md",
+    "oracle",
+    "devchain",
+    "energykart_demo",
+    "contracts/build",
+    "custom_components/energykart/autopilot.py",
+)
 NO_CACHE = shutil.ignore_patterns("__pycache__", "*.pyc")
 
 
@@ -72,6 +81,25 @@ def test_commands_work_from_another_folder(installed: Path, elsewhere: Path) -> 
     assert "--rpc-url" in run([str(installed / "python"), "-m", "devchain.deploy", "--help"], elsewhere).stdout
     location = run([str(installed / "python"), "-c", "import oracle; print(oracle.__file__)"], elsewhere).stdout
     assert str(REPO_ROOT) not in location
+
+
+def test_demo_without_its_extra_says_what_to_install(installed: Path, elsewhere: Path) -> None:
+    result = run([str(installed / "python"), "-m", "energykart_demo"], elsewhere, check=False)
+    assert result.returncode == 1
+    assert "pip install '.[demo]'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_wheel_carries_the_autopilot_the_demo_trades_with(installed: Path, elsewhere: Path) -> None:
+    """The demo's autopilot is the integration's file, shipped in the wheel as a copy (no link out)."""
+    script = (
+        "from energykart_demo.strategy import AUTOPILOT_PATH, autopilot; "
+        "print(AUTOPILOT_PATH); print(autopilot.decide.__name__)"
+    )
+    path, name = run([str(installed / "python"), "-c", script], elsewhere).stdout.split()
+    assert name == "decide"
+    assert str(REPO_ROOT) not in path
+    assert Path(path).read_bytes() == (REPO_ROOT / "custom_components" / "energykart" / "autopilot.py").read_bytes()
 
 
 def test_signature_backend_fits_the_python(installed: Path, elsewhere: Path) -> None:

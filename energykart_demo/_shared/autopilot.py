@@ -1,0 +1,1 @@
+../../custom_components/energykart/autopilot.py

@@ -21,10 +21,15 @@ making. The rules, each decision carrying its reason:
   gain. An offer others lead only by a household with nothing for the horizon yet, when no unbid
   offer is left and bidding is about to close, at once at the limit (each further bid costs a
   bid's gas, so the autopilot never creeps up in small increments), and only when its own saving
-  is worth the fee. Never beyond the daily budget.
+  is worth the fee. A bid on an offer larger than the need (its rest unused, a close to pay) is
+  made only when the whole trade's fees, the seller's offer with it, stay within the share of the
+  energy drawn: a much smaller need leaves the offer to a neighbour whose need fits it. Never
+  beyond the daily budget.
 - close: a bought connection once the timesteps it was bought for are over (the need is met), or
   as soon as retail - margin falls below its price.
-- withdraw: credit, once a day, when it is worth the withdrawal's fee.
+- withdraw: credit, at most once a day, when the withdrawal's fee is at most a quarter of
+  `max_fee_share` of it; a smaller credit stays in the market (it is still the household's) and
+  waits for a day when it has grown enough.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ from fractions import Fraction
 
 WEI_PER_ETH = 10**18
 WH_PER_KWH = 1000
+# A withdrawal is worth its fee when the fee is at most max_fee_share / this of the credit.
+_WITHDRAWAL_SHARE_DIVISOR = 4
 
 
 class Action(StrEnum):
@@ -423,12 +430,20 @@ def _bid_on(
     fee = s.fees.cost(gas)
     value = value_of(price, used)
     gain = value_of(retail, used) - value
-    # An outbid takes energy a neighbour already bid for, whose bid fee is then lost: it must be
-    # worth it by its own saving, not only by the energy's value.
-    basis = gain if contested else value
-    if gain < fee or not _within_share(fee, basis, s.settings.max_fee_share):
+    if contested:
+        # An outbid takes energy a neighbour already bid for, whose bid fee is then lost: it must be
+        # worth it by its own saving, not only by the energy's value.
+        basis, trade_fee, what = gain, fee, "its fees"
+    elif offer.energy_wh > uncovered:
+        # An offer larger than the need leaves part of the seller's energy unsold and costs a close:
+        # the whole trade's fees (the seller's offer too) must stay within the share of the energy
+        # drawn, so a much smaller need leaves the offer to a neighbour whose need fits it.
+        basis, trade_fee, what = value, fee + s.fees.cost(s.fees.gas.create_offer), "the trade's fees"
+    else:
+        basis, trade_fee, what = value, fee, "its fees"
+    if gain < fee or not _within_share(trade_fee, basis, s.settings.max_fee_share):
         return None, (
-            f"#{offer.id}: {used} Wh at {price}/kWh saves {gain}, short of its fees ({fee}) within "
+            f"#{offer.id}: {used} Wh at {price}/kWh saves {gain}, short of {what} ({trade_fee}) within "
             f"{_percent(s.settings.max_fee_share)} of its {'saving' if contested else 'value'}"
         )
     cost = value + fee
@@ -463,12 +478,15 @@ def _withdrawal(s: Situation) -> list[Decision]:
     if not s.withdraw_due or credit == 0:
         return []
     fee = s.fees.cost(s.fees.gas.withdraw)
-    if not _within_share(fee, credit, s.settings.max_fee_share):
+    # Credit left in the market stays the household's and adds up: a withdrawal waits for a day
+    # when its fee is a small part of the credit, a quarter of the share a trade's fees may take.
+    share = s.settings.max_fee_share / _WITHDRAWAL_SHARE_DIVISOR
+    if not _within_share(fee, credit, share):
         return [
             Decision(
                 Action.NOTHING,
-                f"credit {credit} is too small to withdraw: the fee ({fee}) would pass "
-                f"{_percent(s.settings.max_fee_share)} of it",
+                f"credit {credit} is too small to withdraw today: the fee ({fee}) would pass "
+                f"{_percent(share)} of it; it stays in the market until it is worth the fee",
                 fee=fee,
             )
         ]

@@ -169,6 +169,16 @@ def test_a_need_larger_than_every_offer_takes_the_largest_then_more() -> None:
     assert decisions[0].fee == FEES.cost(ap.ERC20_GAS.approve + ap.ERC20_GAS.bid)  # completes by itself
 
 
+def test_a_need_far_below_an_offer_leaves_it_to_a_neighbour_whose_need_fits() -> None:
+    # 1500 Wh of a 4000 Wh offer: the bid, its close and the seller's offer would cost 2.8 % of
+    # the 0.285 EURe drawn; the rest of the offer would go unsold.
+    loose = ap.decide(situation(need=(1500,), offers=(offer(1, 4000),)))
+    assert actions(loose) == [ap.Action.NOTHING]
+    assert "the trade's fees" in loose[0].reason
+    (fits,) = ap.decide(situation(need=(1500,), offers=(offer(1, 1500),)))
+    assert fits.action is ap.Action.BID  # it completes by itself: no close, the seller's energy all sold
+
+
 def test_no_bid_that_does_not_pay_off() -> None:
     small = ap.decide(situation(need=(300,), offers=(offer(1, 2000),)))
     assert actions(small) == [ap.Action.NOTHING]
@@ -228,6 +238,11 @@ def test_credit_is_withdrawn_daily_when_it_is_worth_the_fee() -> None:
     (withdraw,) = ap.decide(situation(household=credit, withdraw_due=True))
     assert withdraw.action is ap.Action.WITHDRAW
     assert withdraw.fee == FEES.cost(ap.ERC20_GAS.withdraw)
+    # 0.20 EURe: the fee would be 0.66 % of it, more than a quarter of the 2 % share; it waits.
+    small = dataclasses.replace(credit, credit=20 * CENT)
+    (waits,) = ap.decide(situation(household=small, withdraw_due=True))
+    assert waits.action is ap.Action.NOTHING
+    assert "stays in the market" in waits.reason
     crumbs = dataclasses.replace(credit, credit=5 * CENT // 100)
     (kept,) = ap.decide(situation(household=crumbs, withdraw_due=True))
     assert kept.action is ap.Action.NOTHING

@@ -168,6 +168,7 @@ class Tally:
     unanswered: set[tuple[str, int]] = field(default_factory=set)  # (meter, timestamp) sent without an answer
     stale_after_lost_answer: int = 0  # stored before the oracle died, so the retry was stale
     rejected: Counter[str] = field(default_factory=Counter)
+    starting: int = 0  # readings answered 503 "starting" (a restarted oracle loading its history): sent again
 
 
 async def post_group(session: aiohttp.ClientSession, url: str, meters: Sequence[SimulatedMeter], tally: Tally) -> None:
@@ -186,7 +187,9 @@ async def post_group(session: aiohttp.ClientSession, url: str, meters: Sequence[
     if answer is None:
         tally.failed_posts += 1
         tally.unanswered.update((r.meter, r.timestamp) for r in batch)
-        if status:
+        if status == 503:
+            tally.starting += len(batch)
+        elif status:
             tally.rejected[f"http_{status}"] += len(batch)
         return
     for reading, result in zip(batch, answer["results"], strict=True):
@@ -367,6 +370,7 @@ def soak(options: Options) -> dict[str, Any]:
         "accepted": len(tally.accepted),
         "stale_after_lost_answer": tally.stale_after_lost_answer,
         "rejected": dict(tally.rejected),
+        "answered_starting": tally.starting,
         "settled_on_chain": settled,
         "superseded": superseded,
         "lost": lost,

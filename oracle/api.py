@@ -127,7 +127,7 @@ async def post_readings(request: web.Request) -> web.Response:
         items = data["readings"]
         if set(data) != {"readings"} or not isinstance(items, list):
             return _refuse(ctx, 400, "invalid_reading", 'a batch is {"readings": [reading, ...]} and nothing else')
-        outcomes = ingest.submit(items)
+        outcomes = await ingest.submit(items)
         results: list[dict[str, Any]] = []
         for index, outcome in enumerate(outcomes):
             if isinstance(outcome, Accepted):
@@ -138,7 +138,7 @@ async def post_readings(request: web.Request) -> web.Response:
         for error in sorted({o.error for o in outcomes if isinstance(o, Rejection)}):
             ctx.rejections.warn(f"reading:{error}", "rejected reading(s) in a batch from %s: %s", request.remote, error)
         return web.json_response({"accepted": accepted, "rejected": len(outcomes) - accepted, "results": results})
-    (outcome,) = ingest.submit([data])
+    (outcome,) = await ingest.submit([data])
     if isinstance(outcome, Rejection):
         return _error(outcome.status, outcome.error, outcome.detail)
     return web.json_response({"status": "accepted", "meter": outcome.meter, "timestamp": outcome.timestamp}, status=202)

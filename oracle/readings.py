@@ -11,6 +11,7 @@ build fails): the same answers, measured in docs/ORACLE.md: over a hundred times
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,6 +188,21 @@ def recover_public_key(separator: bytes, meter: str, cumulative_wh: int, timesta
         return _recover(signature[:64] + bytes([v - 27]), digest)
     except Exception as err:  # both backends report invalid points in several ways
         raise InvalidReading("bad_signature", "signature does not recover to a public key") from err
+
+
+def recover_public_keys(
+    separator: bytes, readings: Sequence[tuple[str, int, int, bytes]]
+) -> list[bytes | InvalidReading]:
+    """`recover_public_key` of each (meter, cumulativeWh, timestamp, signature), or the reason it
+    has none. Meant for worker threads: libsecp256k1's recovery, most of the cost, runs without
+    the GIL (coincurve's cffi releases it), so threads recover on several cores at once."""
+    keys: list[bytes | InvalidReading] = []
+    for meter, cumulative_wh, timestamp, signature in readings:
+        try:
+            keys.append(recover_public_key(separator, meter, cumulative_wh, timestamp, signature))
+        except InvalidReading as err:
+            keys.append(err)
+    return keys
 
 
 def address_of(public_key: bytes) -> bytes:

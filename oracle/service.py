@@ -60,6 +60,7 @@ class OracleService:
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._store: ReadingStore | None = None
+        self._ingest: Ingest | None = None
         self.timestep = config.timestep or 0
 
     @property
@@ -94,7 +95,7 @@ class OracleService:
         start_block = await self._until_done(self._start_block, "finding the market's deployment block")
 
         domain = Domain(chain_id, config.contract)
-        ingest = Ingest(domain, self.store, self.view, self.metrics)
+        ingest = self._ingest = Ingest(domain, self.store, self.view, self.metrics)
         sender = TransactionSender(self.client, config.relayer_key.account, confirmations)
         self.keeper = Keeper(sender, self.metrics, grace)
         wait_seconds = max(5.0, min(float(self.timestep), 120.0))
@@ -272,5 +273,7 @@ class OracleService:
                 await task
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._ingest is not None:
+            self._ingest.close()
         if self._store is not None:
             self._store.close()

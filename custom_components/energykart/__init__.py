@@ -10,7 +10,7 @@ from homeassistant.helpers import config_validation as cv
 from homeassistant.helpers.typing import ConfigType
 
 from .const import CONF_ACCOUNT, CONF_PRIVATE_KEY, DOMAIN
-from .coordinator import EnergyKartConfigEntry, EnergyKartCoordinator
+from .coordinator import EnergyKartConfigEntry, EnergyKartCoordinator, history_store
 from .services import async_setup_services
 
 PLATFORMS: list[Platform] = [Platform.BINARY_SENSOR, Platform.BUTTON, Platform.SENSOR, Platform.SWITCH]
@@ -47,3 +47,8 @@ async def async_setup_entry(hass: HomeAssistant, entry: EnergyKartConfigEntry) -
 async def async_unload_entry(hass: HomeAssistant, entry: EnergyKartConfigEntry) -> bool:
     """Unload a config entry."""
     return await hass.config_entries.async_unload_platforms(entry, PLATFORMS)
+
+
+async def async_remove_entry(hass: HomeAssistant, entry: EnergyKartConfigEntry) -> None:
+    """Forget the entry's history: its log cursor and running totals."""
+    await history_store(hass, entry.entry_id).async_remove()

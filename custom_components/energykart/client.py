@@ -1,13 +1,13 @@
 """Async client of one EnergyMarket contract for one account: batched, paged reads and the trades.
 
 The layers below it: `provider` (JSON-RPC on Home Assistant's shared aiohttp session),
-`contract` (ABI, errors, records), `transactions` (signing and the memory of unconfirmed
-transactions), `currency` and `permit` (what the market settles in, and how a bid pays it).
+`contract` (ABI, errors, records), `history` (the logs in ranges a provider accepts),
+`transactions` (signing and the memory of unconfirmed transactions), `currency` and `permit`
+(what the market settles in, and how a bid pays it).
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -19,10 +19,10 @@ from eth_typing import ChecksumAddress
 from hexbytes import HexBytes
 from web3 import AsyncWeb3
 from web3.contract.async_contract import AsyncContract, AsyncContractFunction
-from web3.exceptions import ContractLogicError, ProviderConnectionError, Web3Exception
-from web3.types import LogReceipt, TxReceipt
+from web3.exceptions import BlockNotFound, ContractLogicError, ProviderConnectionError, Web3Exception, Web3RPCError
+from web3.types import TxReceipt
 
-from .contract import ABI, DOMAIN_NAME, DOMAIN_VERSION, EVENTS, MARKET_ERRORS, Connection, Offer, Status, decode_error
+from .contract import ABI, DOMAIN_NAME, DOMAIN_VERSION, MARKET_ERRORS, Connection, Offer, Status, decode_error
 from .currency import Currency, read_currency, token_contract
 from .errors import (
     EnergyKartConnectionError,
@@ -31,6 +31,7 @@ from .errors import (
     TransactionRejectedError,
     WrongContractError,
 )
+from .history import LogRead, LogReader
 from .permit import permit_domain, sign_permit
 from .provider import SessionJSONRPCProvider
 from .transactions import CallKey, Transactor, call_key
@@ -40,11 +41,6 @@ from .transactions import CallKey, Transactor, call_key
 ACCOUNT_PAGE = 100
 OFFER_PAGE = 100
 MAX_PAGES = 10
-# The market's logs are read in ranges of LOG_RANGE blocks, one eth_getLogs call each: hosted
-# providers refuse wider ranges (or more than 10,000 results). An update reads at most
-# LOG_RANGES_PER_UPDATE of them, so a long history is caught up over several updates.
-LOG_RANGE = 1_000
-LOG_RANGES_PER_UPDATE = 20
 # claimAndWithdraw claims at most this many connections in one transaction (about 10k gas each).
 MAX_CLAIMS = 200
 # A bid's permit is valid this long after the latest block: time enough to be mined, or resumed.
@@ -53,26 +49,13 @@ _TRANSPORT = (ProviderConnectionError, aiohttp.ClientError, TimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
-class MarketEvent:
-    """A decoded contract event.
-
-    `key` names the log across reorganisations: its transaction, its name and its rank among the
-    transaction's events of that name. A transaction mined again in a replacing block emits its
-    events under the same keys, even when their data changed with the block (a timestamp).
-    """
-
-    name: str
-    block: int
-    args: dict[str, Any]
-    key: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
 class MarketRead:
     """The market at one block: one batched round trip, plus the further pages of a large account
     or market at the same block. Money in the currency's smallest unit."""
 
     block: int
+    block_hash: str
+    checked_hash: str | None  # the hash of the block read_market was asked to check, if the chain has it
     balance_wei: int  # of the market's currency
     gas_balance_wei: int  # of the chain's native coin, which pays for gas
     credit_wei: int  # withdrawable with claims: stored credit plus unclaimed payment as seller
@@ -81,14 +64,6 @@ class MarketRead:
     open_offers: tuple[Offer, ...]  # open for bids now
     offers: dict[int, Offer]
     connections: dict[int, Connection]
-
-
-@dataclass(frozen=True, slots=True)
-class LogRead:
-    """The market's events of the blocks up to `last_block` from where a read started."""
-
-    events: tuple[MarketEvent, ...]
-    last_block: int
 
 
 def is_private_key(text: str) -> bool:
@@ -125,6 +100,7 @@ class EnergyKartClient:
         self._currency: Currency | None = None
         self._token: AsyncContract | None = None
         self._permit_domain: dict[str, Any] | None = None
+        self.logs = LogReader(self.w3, self.contract, self.account, self._guard)
 
     @property
     def can_trade(self) -> bool:
@@ -196,15 +172,18 @@ class EnergyKartClient:
             return None
         return Offer.from_tuple(raw)
 
-    async def read_market(self, offer_ids: Iterable[int], connection_ids: Iterable[int]) -> MarketRead:
-        """One batched round trip: the block, the account, the market and the given records."""
+    async def read_market(
+        self, offer_ids: Iterable[int], connection_ids: Iterable[int], check_block: int | None = None
+    ) -> MarketRead:
+        """One batched round trip: the latest block, the account, the market and the given records;
+        and the hash of `check_block`, which tells whether a reorganisation replaced it."""
         offer_ids = tuple(offer_ids)
         connection_ids = tuple(connection_ids)
         functions = self.contract.functions
         token = self._token
         try:
             async with self.w3.batch_requests() as batch:
-                batch.add(self.w3.eth.get_block_number())
+                batch.add(self.w3.eth.get_block("latest"))
                 batch.add(self.w3.eth.get_balance(self.account))
                 batch.add(functions.accountOf(self.account, 0, ACCOUNT_PAGE))
                 batch.add(functions.openOffers(0, OFFER_PAGE))
@@ -214,10 +193,16 @@ class EnergyKartClient:
                     batch.add(functions.getOffer(offer_id))
                 for connection_id in connection_ids:
                     batch.add(functions.getConnection(connection_id))
+                if check_block is not None:
+                    batch.add(self.w3.eth.get_block(check_block))
                 results: list[Any] = await batch.async_execute()
         except _TRANSPORT as err:
             raise EnergyKartConnectionError(str(err)) from err
-        block, gas_balance, account, page = results[:4]
+        except BlockNotFound:  # the chain went back below `check_block` (a node restarted from an older state)
+            return await self.read_market(offer_ids, connection_ids)
+        checked_hash = HexBytes(results.pop()["hash"]).to_0x_hex() if check_block is not None else None
+        latest, gas_balance, account, page = results[:4]
+        block = latest["number"]
         balance = gas_balance if token is None else results[4]
         records: list[Any] = results[4 if token is None else 5 :]
         credit, bid_escrow, ids, unclaimed, escrow, cursor = account
@@ -236,6 +221,8 @@ class EnergyKartClient:
                 offers += more_offers
         return MarketRead(
             block=int(block),
+            block_hash=HexBytes(latest["hash"]).to_0x_hex(),
+            checked_hash=checked_hash,
             balance_wei=int(balance),
             gas_balance_wei=int(gas_balance),
             credit_wei=int(credit + unclaimed),
@@ -249,21 +236,32 @@ class EnergyKartClient:
             },
         )
 
-    async def read_logs(self, from_block: int, to_block: int) -> LogRead:
-        """The market's events from `from_block` on, in ranges of LOG_RANGE blocks: up to `to_block`,
-        or fewer blocks when that takes more than LOG_RANGES_PER_UPDATE calls."""
-        events: list[MarketEvent] = []
-        last = from_block - 1
-        for _ in range(LOG_RANGES_PER_UPDATE):
-            if last >= to_block:
-                break
-            end = min(to_block, last + LOG_RANGE)
-            logs = await self._guard(
-                self.w3.eth.get_logs({"address": self.contract.address, "fromBlock": last + 1, "toBlock": end})
-            )
-            events += self._decode(logs)  # a range holds whole blocks, so whole transactions
-            last = end
-        return LogRead(events=tuple(events), last_block=last)
+    async def read_logs(self, first: int, last: int, live_from: int) -> LogRead:
+        """The market's events from block `first` on, in ranges (see `history.LogReader.read`)."""
+        return await self.logs.read(first, last, live_from)
+
+    async def deployment_block(self, known: int) -> tuple[int, bool]:
+        """The block the market was deployed at, by bisection over eth_getCode at historical blocks,
+        given a block `known` at which it holds code; and whether that is exact.
+
+        A node that keeps no state of old blocks (anvil with --prune-history, a full node that is no
+        archive) refuses those: the market may or may not have been there. Its state is kept for
+        the latest blocks, so the bisection moves up, and then finds the oldest block whose state
+        the node keeps with the market in it: not exact, the market may be older.
+        """
+        low, high, exact = 0, known, True
+        while low < high:
+            middle = (low + high) // 2
+            try:
+                code = await self._guard(self.w3.eth.get_code(self.contract.address, middle))
+            except Web3RPCError:
+                low, exact = middle + 1, False
+                continue
+            if code:
+                high = middle
+            else:
+                low, exact = middle + 1, True
+        return high, exact
 
     async def _call_at(self, function: AsyncContractFunction, block: int) -> Any:
         return await self._guard(function.call(block_identifier=block))
@@ -294,25 +292,6 @@ class EnergyKartClient:
         except _TRANSPORT as err:
             raise EnergyKartConnectionError(str(err)) from err
         return offers, connections
-
-    @staticmethod
-    def _known(log: LogReceipt) -> bool:
-        return bool(log["topics"]) and HexBytes(log["topics"][0]) in EVENTS
-
-    def _decode(self, logs: Iterable[LogReceipt]) -> tuple[MarketEvent, ...]:
-        """The market's events in `logs`, each keyed by its transaction, its name and its rank among them."""
-        events: list[MarketEvent] = []
-        ranks: Counter[tuple[str, str]] = Counter()
-        for log in logs:
-            if not self._known(log):
-                continue
-            name = EVENTS[HexBytes(log["topics"][0])]
-            decoded = getattr(self.contract.events, name)().process_log(log)
-            origin = (HexBytes(log["transactionHash"]).to_0x_hex(), name)
-            key = (*origin, str(ranks[origin]))
-            ranks[origin] += 1
-            events.append(MarketEvent(name=name, block=int(log["blockNumber"]), args=dict(decoded["args"]), key=key))
-        return tuple(events)
 
     # ------------------------------------------------------------------ transactions
 

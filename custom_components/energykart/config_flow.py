@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Literal
 
 import voluptuous as vol
 from eth_account import Account
@@ -47,6 +47,20 @@ from .const import (
 )
 from .currency import Currency
 from .errors import EnergyKartConnectionError, NoContractError, UnsupportedCurrencyError, WrongContractError
+from .tariffs import (
+    CONF_BATTERY_CAPACITY,
+    CONF_BATTERY_RESERVE,
+    CONF_DAILY_BUDGET,
+    CONF_EXCHANGE_RATE_ENTITY,
+    CONF_FEED_IN_PRICE,
+    CONF_FEED_IN_PRICE_ENTITY,
+    CONF_MARGIN,
+    CONF_MAX_OFFER_ENERGY,
+    CONF_RETAIL_PRICE,
+    CONF_RETAIL_PRICE_ENTITY,
+    DEFAULTS,
+    TARIFF_OPTIONS,
+)
 
 _URL = TextSelector(TextSelectorConfig(type=TextSelectorType.URL))
 _TEXT = TextSelector()
@@ -71,6 +85,30 @@ USER_SCHEMA = vol.Schema(
         **_SOURCES_SCHEMA,
     }
 )
+
+
+def _number(low: float, high: float, step: float | Literal["any"], unit: str) -> NumberSelector:
+    return NumberSelector(
+        NumberSelectorConfig(min=low, max=high, step=step, unit_of_measurement=unit, mode=NumberSelectorMode.BOX)
+    )
+
+
+def _tariff_schema(currency: str) -> dict[vol.Marker, Any]:
+    """The tariffs (a fixed price, or a price entity that overrides it), the exchange rate and the autopilot."""
+    price = _number(0, 10, "any", f"{currency}/kWh")
+    sensor = EntitySelector(EntitySelectorConfig(domain="sensor"))
+    return {
+        vol.Optional(CONF_RETAIL_PRICE): price,
+        vol.Optional(CONF_RETAIL_PRICE_ENTITY): sensor,
+        vol.Optional(CONF_FEED_IN_PRICE): price,
+        vol.Optional(CONF_FEED_IN_PRICE_ENTITY): sensor,
+        vol.Optional(CONF_EXCHANGE_RATE_ENTITY): sensor,
+        vol.Optional(CONF_BATTERY_RESERVE): _number(0, 100, 1, "%"),
+        vol.Optional(CONF_BATTERY_CAPACITY): _number(0, 1000, "any", "kWh"),
+        vol.Optional(CONF_MARGIN): price,
+        vol.Optional(CONF_DAILY_BUDGET): _number(0, 10000, "any", currency),
+        vol.Optional(CONF_MAX_OFFER_ENERGY): _number(0.01, 1000, "any", "kWh"),
+    }
 
 
 def short_address(address: str) -> str:
@@ -271,7 +309,7 @@ class EnergyKartConfigFlow(ConfigFlow, domain=DOMAIN):
 
 
 class EnergyKartOptionsFlow(OptionsFlow):
-    """Poll interval, meter and source entities."""
+    """Poll interval, meter, source entities, tariffs and the autopilot."""
 
     async def async_step_init(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
         """Change the options."""
@@ -292,6 +330,7 @@ class EnergyKartOptionsFlow(OptionsFlow):
                 options: dict[str, Any] = {
                     CONF_SCAN_INTERVAL: int(user_input[CONF_SCAN_INTERVAL]),
                     **{key: user_input[key] for key in SOURCE_ENTITIES if user_input.get(key)},
+                    **{key: user_input[key] for key in TARIFF_OPTIONS if key in user_input},
                 }
                 if meter:
                     options[CONF_METER_ADDRESS] = meter
@@ -314,10 +353,11 @@ class EnergyKartOptionsFlow(OptionsFlow):
                 ),
                 vol.Optional(CONF_METER_ADDRESS): _TEXT,
                 **_SOURCES_SCHEMA,
+                **_tariff_schema(self.hass.config.currency),
             }
         )
         return self.async_show_form(
             step_id="init",
-            data_schema=self.add_suggested_values_to_schema(schema, user_input or entry.options),
+            data_schema=self.add_suggested_values_to_schema(schema, user_input or {**DEFAULTS, **entry.options}),
             errors=errors,
         )

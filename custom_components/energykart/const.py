@@ -14,7 +14,8 @@ CONF_PRIVATE_KEY: Final = "private_key"
 CONF_ACCOUNT: Final = "account"
 CONF_CHAIN_ID: Final = "chain_id"
 CONF_CURRENCY: Final = "currency"
-CONF_START_BLOCK: Final = "start_block"
+CONF_START_BLOCK: Final = "start_block"  # the head when the entry was set up
+CONF_DEPLOYMENT_BLOCK: Final = "deployment_block"  # the market's first block: its history starts there
 CONF_RPC_URL: Final = "rpc_url"
 CONF_METER_ADDRESS: Final = "meter_address"
 CONF_SCAN_INTERVAL: Final = "scan_interval"
@@ -40,8 +41,8 @@ MAX_SCAN_INTERVAL_SECONDS: Final = 3600
 OFFER_PAGE_SIZE: Final = 100
 MAX_BIDDING_MINUTES: Final = 30 * 24 * 60
 ZERO_ADDRESS: Final = "0x0000000000000000000000000000000000000000"
-# Logs of this many recent blocks are read again in every update, so an update sees what a
-# reorganisation of the chain's last blocks changed.
+# A reorganisation replaces at most this many of the chain's last blocks: when the block the logs
+# were read to has another hash, the logs of this many blocks before it are read again.
 REORG_WINDOW: Final = 12
 
 EVENT_OFFER_CREATED: Final = "energykart_offer_created"

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
@@ -22,16 +23,21 @@ from homeassistant.const import (
     UnitOfPower,
 )
 from homeassistant.core import Event, EventStateChangedData, HomeAssistant, callback
+from homeassistant.helpers.dispatcher import async_dispatcher_connect
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 from homeassistant.helpers.event import async_track_state_change_event
+from homeassistant.helpers.restore_state import ExtraStoredData, RestoreEntity
 from homeassistant.helpers.typing import StateType
+from homeassistant.util import dt as dt_util
 from homeassistant.util.unit_conversion import PowerConverter
 
+from .autopilot_runner import SIGNAL_FEE_PAID
 from .const import CONF_BATTERY_SOC, CONF_GRID_EXPORT, CONF_HOUSE_CONSUMPTION, CONF_SOLAR_POWER
 from .contract import Connection
 from .coordinator import EnergyKartConfigEntry, EnergyKartCoordinator, EnergyKartData
 from .currency import NATIVE, Currency
 from .entity import EnergyKartConnectionEntity, EnergyKartEntity
+from .tariffs import read_money
 
 PARALLEL_UPDATES = 0
 # The unit of percentages: UnitOfRatio.PERCENTAGE where Home Assistant has it (2026.x, whose docs
@@ -224,6 +230,9 @@ async def async_setup_entry(
     descriptions = SENSORS if coordinator.currency.is_native else (*SENSORS, GAS_BALANCE)
     entities: list[SensorEntity] = [EnergyKartSensor(coordinator, description) for description in descriptions]
     entities.append(OpenOffersSensor(coordinator))
+    entities += [P2PPriceSensor(coordinator), SavingsSensor(coordinator, today=True), SavingsSensor(coordinator)]
+    if coordinator.client.can_trade:
+        entities.append(FeesPaidSensor(coordinator))
     if entry.options.get(CONF_GRID_EXPORT) or (
         entry.options.get(CONF_SOLAR_POWER) and entry.options.get(CONF_HOUSE_CONSUMPTION)
     ):
@@ -404,3 +413,176 @@ class BatterySocSensor(_SourceSensor):
     @property
     def native_value(self) -> float | None:
         return self._value(CONF_BATTERY_SOC)
+
+
+class P2PPriceSensor(EnergyKartEntity, RestoreEntity, SensorEntity):
+    """The price of the account's latest connection in Home Assistant's currency per kWh.
+
+    A price entity for the Energy dashboard's P2P import and export: a unit of `<currency>/kWh`
+    and no device class (monetary takes no energy unit). It keeps the last connection's price
+    after the connection ends.
+    """
+
+    _attr_translation_key = "p2p_price"
+    _attr_suggested_display_precision = 4
+
+    def __init__(self, coordinator: EnergyKartCoordinator) -> None:
+        super().__init__(coordinator, "p2p_price")
+        self._attr_native_unit_of_measurement = f"{coordinator.hass.config.currency}/kWh"
+        self._price: Decimal | None = None
+        self._connection: tuple[int, str] | None = None
+
+    async def async_added_to_hass(self) -> None:
+        await super().async_added_to_hass()
+        last = await self.async_get_last_state()
+        if last is not None and (restored := _decimal(last.state)) is not None:
+            self._price = restored
+        self._update()
+
+    @callback
+    def _handle_coordinator_update(self) -> None:
+        self._update()
+        super()._handle_coordinator_update()
+
+    def _update(self) -> None:
+        coordinator = self.coordinator
+        connections = coordinator.data.connections
+        if not connections:
+            return
+        latest = connections[max(connections)]
+        price = read_money(self.hass, coordinator.config_entry.options, coordinator.currency).to_money(latest.price)
+        if price is not None:
+            self._price, self._connection = price, (latest.id, coordinator.role_in(latest))
+
+    @property
+    def native_value(self) -> Decimal | None:
+        return self._price
+
+    @property
+    def extra_state_attributes(self) -> dict[str, Any]:
+        if self._connection is None:
+            return {}
+        return {"connection_id": self._connection[0], "role": self._connection[1]}
+
+
+def _decimal(text: str) -> Decimal | None:
+    try:
+        return Decimal(text)
+    except ArithmeticError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class MoneyStoredData(ExtraStoredData):
+    """A money total across restarts, with what it counted of each connection (Wh) and its day."""
+
+    total: str
+    counted: dict[str, int]
+    day: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _MoneyTotalSensor(EnergyKartEntity, RestoreEntity, SensorEntity):
+    """A total in Home Assistant's currency that the autopilot's fees lower, kept across restarts."""
+
+    _attr_device_class = SensorDeviceClass.MONETARY
+    _attr_state_class = SensorStateClass.TOTAL
+    _attr_suggested_display_precision = 2
+    _today = False  # the total restarts at local midnight
+
+    def __init__(self, coordinator: EnergyKartCoordinator, key: str) -> None:
+        super().__init__(coordinator, key)
+        self._attr_native_unit_of_measurement = coordinator.hass.config.currency
+        self._total = Decimal(0)
+        self._counted: dict[str, int] = {}
+        self._day = dt_util.now().date()
+        if self._today:
+            self._attr_last_reset = dt_util.start_of_local_day()
+
+    async def async_added_to_hass(self) -> None:
+        await super().async_added_to_hass()
+        stored = await self.async_get_last_extra_data()
+        if stored is not None:
+            data = stored.as_dict()
+            if not self._today or data["day"] == self._day.isoformat():
+                self._total = Decimal(data["total"])
+            self._counted = {key: int(wh) for key, wh in data["counted"].items()}
+        entry_id = self.coordinator.config_entry.entry_id
+        self.async_on_remove(async_dispatcher_connect(self.hass, SIGNAL_FEE_PAID.format(entry_id), self._fee_paid))
+        self._count()
+
+    @property
+    def extra_restore_state_data(self) -> MoneyStoredData:
+        return MoneyStoredData(str(self._total), dict(self._counted), self._day.isoformat())
+
+    def _next_day(self) -> None:
+        now = dt_util.now()
+        if self._today and now.date() != self._day:
+            self._total = Decimal(0)
+            self._attr_last_reset = dt_util.start_of_local_day(now)
+        self._day = now.date()
+
+    @callback
+    def _fee_paid(self, fee: Decimal) -> None:
+        self._next_day()
+        self._total -= fee
+        self.async_write_ha_state()
+
+    @callback
+    def _handle_coordinator_update(self) -> None:
+        self._count()
+        super()._handle_coordinator_update()
+
+    def _count(self) -> None:
+        """Count what the connections delivered since the last update."""
+        self._next_day()
+
+    @property
+    def native_value(self) -> Decimal:
+        return self._total
+
+
+class SavingsSensor(_MoneyTotalSensor):
+    """What trading saved against the grid: energy bought at retail - its price, energy sold at its
+    price - feed-in (both at the tariffs of the update that saw it delivered), less the autopilot's fees."""
+
+    def __init__(self, coordinator: EnergyKartCoordinator, *, today: bool = False) -> None:
+        self._today = today
+        key = "savings_today" if today else "savings_total"
+        self._attr_translation_key = key
+        super().__init__(coordinator, key)
+
+    def _count(self) -> None:
+        super()._count()
+        coordinator = self.coordinator
+        money = read_money(self.hass, coordinator.config_entry.options, coordinator.currency)
+        if money.retail is None or money.feed_in is None or money.per_unit is None:
+            return  # counted at the next update that knows the prices
+        counted: dict[str, int] = {}
+        for connection_id, connection in coordinator.data.connections.items():
+            key = str(connection_id)
+            counted[key] = connection.delivered_wh
+            kwh = Decimal(connection.delivered_wh - self._counted.get(key, 0)) / 1000
+            price = money.to_money(connection.price)
+            assert price is not None
+            if connection.buyer == coordinator.account:
+                self._total += (money.retail - price) * kwh
+            else:
+                self._total += (price - money.feed_in) * kwh
+        self._counted = counted
+
+
+class FeesPaidSensor(_MoneyTotalSensor):
+    """The gas the autopilot's transactions paid, in Home Assistant's currency."""
+
+    _attr_translation_key = "fees_paid"
+
+    def __init__(self, coordinator: EnergyKartCoordinator) -> None:
+        super().__init__(coordinator, "fees_paid")
+
+    @callback
+    def _fee_paid(self, fee: Decimal) -> None:
+        self._total += fee
+        self.async_write_ha_state()

@@ -1,18 +1,23 @@
-"""Switch per connection where this account buys: turning it off closes the connection."""
+"""Switches: the Autopilot of the wallet, and one per connection where this account buys
+(turning it off closes the connection)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from homeassistant.components.switch import SwitchEntity
+from homeassistant.const import STATE_ON
 from homeassistant.core import HomeAssistant, callback
 from homeassistant.exceptions import ServiceValidationError
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
+from homeassistant.helpers.restore_state import ExtraStoredData, RestoreEntity
 
+from .autopilot_runner import AutopilotRunner
 from .const import DOMAIN
 from .contract import Status
 from .coordinator import EnergyKartConfigEntry, EnergyKartCoordinator
-from .entity import EnergyKartConnectionEntity
+from .entity import EnergyKartConnectionEntity, EnergyKartEntity
 from .services import async_close_connection
 
 PARALLEL_UPDATES = 1
@@ -26,6 +31,7 @@ async def async_setup_entry(
     known: set[int] = set()
     if not coordinator.client.can_trade:
         return
+    async_add_entities([AutopilotSwitch(coordinator)])
 
     @callback
     def add_connections() -> None:
@@ -61,3 +67,52 @@ class ConnectionSwitch(EnergyKartConnectionEntity, SwitchEntity):
 
     async def async_turn_off(self, **kwargs: Any) -> None:
         await async_close_connection(self.coordinator, self.connection_id)
+
+
+@dataclass(frozen=True, slots=True)
+class AutopilotStoredData(ExtraStoredData):
+    """The autopilot's day across restarts: what it spent, when it last withdrew."""
+
+    runner: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.runner)
+
+
+class AutopilotSwitch(EnergyKartEntity, SwitchEntity, RestoreEntity):
+    """While on, the autopilot trades for the household on every update of the market."""
+
+    _attr_translation_key = "autopilot"
+
+    def __init__(self, coordinator: EnergyKartCoordinator) -> None:
+        super().__init__(coordinator, "autopilot")
+        self.runner = AutopilotRunner(coordinator)
+        self._attr_is_on = False
+
+    async def async_added_to_hass(self) -> None:
+        await super().async_added_to_hass()
+        if (last := await self.async_get_last_state()) is not None:
+            self._attr_is_on = last.state == STATE_ON
+        if (stored := await self.async_get_last_extra_data()) is not None:
+            self.runner.restore(stored.as_dict())
+        if self._attr_is_on:
+            self.runner.schedule()
+
+    @property
+    def extra_restore_state_data(self) -> AutopilotStoredData:
+        return AutopilotStoredData(self.runner.as_dict())
+
+    @callback
+    def _handle_coordinator_update(self) -> None:
+        super()._handle_coordinator_update()
+        if self._attr_is_on:
+            self.runner.schedule()
+
+    async def async_turn_on(self, **kwargs: Any) -> None:
+        self._attr_is_on = True
+        self.async_write_ha_state()
+        self.runner.schedule()
+
+    async def async_turn_off(self, **kwargs: Any) -> None:
+        self._attr_is_on = False
+        self.async_write_ha_state()

@@ -26,6 +26,7 @@ from custom_components.energykart.const import (
     CONF_ACCOUNT,
     CONF_CHAIN_ID,
     CONF_CONTRACT_ADDRESS,
+    CONF_DEPLOYMENT_BLOCK,
     CONF_METER_ADDRESS,
     CONF_PRIVATE_KEY,
     CONF_RPC_URL,
@@ -175,6 +176,18 @@ def market_entry(
         unique_id=f"{chain.domain.chain_id}_{contract.lower()}_{account.address.lower()}",
         data=data,
         options=entry_options,
+    )
+
+
+def with_deployment_block(entry: MockConfigEntry, block: int) -> MockConfigEntry:
+    """`entry` as the config flow creates it on a node that keeps every block's state (an archive
+    node, as hosted providers are): knowing the block the market was deployed at."""
+    return MockConfigEntry(
+        domain=DOMAIN,
+        title=entry.title,
+        unique_id=entry.unique_id,
+        data={**entry.data, CONF_DEPLOYMENT_BLOCK: block},
+        options=dict(entry.options),
     )
 
 

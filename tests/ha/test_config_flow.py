@@ -22,6 +22,16 @@ from custom_components.energykart.const import (
     CONF_SCAN_INTERVAL,
     DOMAIN,
 )
+from custom_components.energykart.tariffs import (
+    CONF_BATTERY_CAPACITY,
+    CONF_BATTERY_RESERVE,
+    CONF_DAILY_BUDGET,
+    CONF_EXCHANGE_RATE_ENTITY,
+    CONF_FEED_IN_PRICE_ENTITY,
+    CONF_MARGIN,
+    CONF_MAX_OFFER_ENERGY,
+    CONF_RETAIL_PRICE,
+)
 from devchain.anvil import Anvil, free_port
 from devchain.deploy import deploy_token
 from tests.chain import Chain
@@ -295,3 +305,42 @@ async def test_each_flow_reloads_the_entry_once(
     assert setups == [entry.entry_id] * 3
     assert entry.state is ConfigEntryState.LOADED
     assert [record.getMessage() for record in caplog.records if record.name == "homeassistant.helpers.frame"] == []
+
+
+async def test_options_tariffs_and_autopilot(hass: HomeAssistant, chain: Chain, anvil: Anvil) -> None:
+    """The retail price fixed, the feed-in price from an entity, the ETH price entity and the
+    autopilot's choices are kept; the form suggests the defaults."""
+    entry = await setup_entry(hass, market_entry(chain, anvil.url, SELLER))
+    result = await hass.config_entries.options.async_init(entry.entry_id)
+    schema = result["data_schema"]
+    assert schema is not None
+    suggested = {str(key): key.description for key in schema.schema}
+    assert suggested[CONF_RETAIL_PRICE] == {"suggested_value": 0.30}
+    assert suggested[CONF_MARGIN] == {"suggested_value": 0.07}
+    result = await hass.config_entries.options.async_configure(
+        result["flow_id"],
+        {
+            CONF_SCAN_INTERVAL: 30,
+            CONF_RETAIL_PRICE: 0.32,
+            CONF_FEED_IN_PRICE_ENTITY: "sensor.nordpool_feed_in",
+            CONF_EXCHANGE_RATE_ENTITY: "sensor.eth_eur",
+            CONF_BATTERY_RESERVE: 0,
+            CONF_BATTERY_CAPACITY: 10,
+            CONF_MARGIN: 0.05,
+            CONF_DAILY_BUDGET: 3,
+            CONF_MAX_OFFER_ENERGY: 2.5,
+        },
+    )
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    await hass.async_block_till_done()
+    assert entry.options == {
+        CONF_SCAN_INTERVAL: 30,
+        CONF_RETAIL_PRICE: 0.32,
+        CONF_FEED_IN_PRICE_ENTITY: "sensor.nordpool_feed_in",
+        CONF_EXCHANGE_RATE_ENTITY: "sensor.eth_eur",
+        CONF_BATTERY_RESERVE: 0,
+        CONF_BATTERY_CAPACITY: 10,
+        CONF_MARGIN: 0.05,
+        CONF_DAILY_BUDGET: 3,
+        CONF_MAX_OFFER_ENERGY: 2.5,
+    }

@@ -33,6 +33,8 @@ def entity_states(hass: HomeAssistant, entry_id: str) -> list[dict[str, Any]]:
         attributes = {str(key): value for key, value in state.attributes.items()} if state else {}
         if "offers" in attributes:
             attributes["offers"] = [{**offer, "bidding_ends": "<chain time>"} for offer in attributes["offers"]]
+        if "last_reset" in attributes:
+            attributes["last_reset"] = "<local midnight>"
         out.append(
             {
                 "entity_id": entity.entity_id,

@@ -90,7 +90,10 @@ class HomeAssistantSource:
             await asyncio.sleep(self.interval)
 
     async def _websocket(self) -> AsyncIterator[RawReading]:
-        async with self.session.ws_connect(self.ws_url, heartbeat=30) as ws:
+        # No WebSocket heartbeat: the state is read over REST every interval anyway (below), so a
+        # half-open WebSocket delays no reading; and aiohttp 3.14 re-arms a heartbeat timer after
+        # close (a pending reset fires late), which would outlive the source.
+        async with self.session.ws_connect(self.ws_url) as ws:
             message = await ws.receive_json(timeout=10)
             if message.get("type") != "auth_required":
                 raise WebSocketUnusable(f"not Home Assistant's WebSocket API (got {message.get('type')!r})")

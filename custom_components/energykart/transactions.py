@@ -3,6 +3,8 @@ while unconfirmed, so that the same call made again resumes them instead of send
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -35,6 +37,7 @@ from .errors import (
 )
 
 RECEIPT_TIMEOUT = 120.0
+IMMEDIATE_RECEIPT_CHECKS = 5  # receipt checks without a pause before backing off (0.05 s, doubling to 1 s)
 type CallKey = tuple[Any, ...]
 # What nodes answer when they refuse a sender, not a transaction: Besu's and GoQuorum's account
 # permissioning, allow-listing RPC gateways, a key revoked at a custodial node.
@@ -125,9 +128,7 @@ class Transactor:
                 signed = await self._sign(signer, function, value)
                 self._unconfirmed[call] = signed
                 await self.w3.eth.send_raw_transaction(signed.raw)
-            receipt: TxReceipt = await self.w3.eth.wait_for_transaction_receipt(
-                signed.tx_hash, timeout=RECEIPT_TIMEOUT, poll_latency=0.2
-            )
+            receipt = await self._receipt(signed.tx_hash)
         except Web3RPCError as err:  # the node refused the broadcast: nothing is out
             self._unconfirmed.pop(call, None)
             message = _node_message(err)
@@ -142,6 +143,23 @@ class Transactor:
         if receipt["status"] != 1:
             raise TransactionRejectedError("Reverted")
         return receipt
+
+    async def _receipt(self, tx_hash: HexStr) -> TxReceipt:
+        """Wait for the transaction's receipt: asked again at once a few times (a node that mines on
+        each transaction has it within a round trip or two), then with a growing pause up to 1 s."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RECEIPT_TIMEOUT
+        for attempt in itertools.count():
+            try:
+                return await self.w3.eth.get_transaction_receipt(tx_hash)
+            except TransactionNotFound:
+                pass
+            if loop.time() >= deadline:
+                raise TimeExhausted(f"no receipt for {tx_hash} after {RECEIPT_TIMEOUT:g} s")
+            await asyncio.sleep(
+                0 if attempt < IMMEDIATE_RECEIPT_CHECKS else min(0.05 * 2 ** (attempt - IMMEDIATE_RECEIPT_CHECKS), 1.0)
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _rebroadcast(self, signed: SignedTransaction) -> bool:
         """Make sure the node has a transaction sent before; False when the node refuses it again.

@@ -131,6 +131,7 @@ class Traders:
             withdraw_due=withdraw_due,
             unsold_steps_ago=step - max(unsold) if unsold else None,
             bidding_closes=bidding_closes,
+            unit=autopilot.Unit(self.economics.symbol),
         )
 
     def _delivery_end(self, step: int) -> int:

@@ -5,6 +5,8 @@ Pure Python (standard library only, no Home Assistant): the integration's "Autop
 smallest unit per kWh (wei per kWh for ETH, 10^-18 EURe per kWh for an 18-decimal stablecoin),
 amounts are integers in that unit, energy is integer Wh. A fee is gas x gas price (wei), converted
 to the currency at an exact rate and rounded up, so the autopilot never underestimates a cost.
+The reasons write amounts in the currency (`Unit`: "0.1900 EURe/kWh"), the decisions keep the
+integers.
 
 Gas is part of every decision: a trade is made only when its gain against the grid covers its
 fees and the fees stay within `max_fee_share` of its value, which sets the smallest trade worth
@@ -131,6 +133,27 @@ def value_of(price_per_kwh: int, energy_wh: int) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class Unit:
+    """How the reasons write amounts of the market's currency: `symbol`, with `decimals` decimals in
+    its smallest unit. The decisions themselves keep the exact integers."""
+
+    symbol: str = "EURe"
+    decimals: int = 18
+
+    def money(self, units: int) -> str:
+        """An amount, to four decimals, or to two significant digits when it is smaller than 0.01
+        (a fee of 0.0026 EURe, a price of 0.000063 ETH/kWh): 1234500000000000 -> "0.0012 EURe"."""
+        value = Decimal(units).scaleb(-self.decimals)
+        places = 4
+        if value and abs(value) < Decimal("0.01"):
+            places = max(places, 1 - abs(value).adjusted())
+        return f"{value:.{places}f} {self.symbol}"
+
+    def price(self, units_per_kwh: int) -> str:
+        return f"{self.money(units_per_kwh)}/kWh"
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """The household's choices (the integration's options)."""
 
@@ -220,6 +243,7 @@ class Situation:
     withdraw_due: bool = False  # the daily withdrawal time has come
     unsold_steps_ago: int | None = None  # since an offer of this horizon's energy found no buyer (anyone's)
     bidding_closes: bool = False  # the open offers' bidding ends soon: no more offers come before it
+    unit: Unit = Unit()  # how the reasons write amounts
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +283,8 @@ def _closes(s: Situation) -> list[Decision]:
             out.append(
                 Decision(
                     Action.CLOSE,
-                    f"connection #{conn.id} costs {conn.price}/kWh, more than retail - margin ({limit}/kWh) now",
+                    f"connection #{conn.id} costs {s.unit.price(conn.price)}, more than retail - margin "
+                    f"({s.unit.price(limit)}) now",
                     connection_id=conn.id,
                     fee=s.fees.cost(s.fees.gas.close),
                 )
@@ -331,8 +356,9 @@ def _offers(s: Situation) -> list[Decision]:
         return [
             Decision(
                 Action.NOTHING,
-                f"{energy} Wh at {price}/kWh is worth {value}: its gain over feed-in ({gain}) does not cover "
-                f"the offer's fee ({fee}) within {_percent(s.settings.max_fee_share)} of its value",
+                f"{energy} Wh at {s.unit.price(price)} is worth {s.unit.money(value)}: its gain over feed-in "
+                f"({s.unit.money(gain)}) does not cover the offer's fee ({s.unit.money(fee)}) within "
+                f"{_percent(s.settings.max_fee_share)} of its value",
                 energy_wh=energy,
                 price=price,
                 fee=fee,
@@ -342,8 +368,9 @@ def _offers(s: Situation) -> list[Decision]:
     return [
         Decision(
             Action.OFFER,
-            f"{energy} Wh of surplus over the next {s.settings.horizon_steps} timesteps from {price}/kWh "
-            f"(feed-in {feed_in} + margin): gains {gain} over feed-in for a fee of {fee}",
+            f"{energy} Wh of surplus over the next {s.settings.horizon_steps} timesteps from {s.unit.price(price)} "
+            f"(feed-in {s.unit.price(feed_in)} + margin): gains {s.unit.money(gain)} over feed-in for a fee of "
+            f"{s.unit.money(fee)}",
             energy_wh=energy,
             price=price,
             fee=fee,
@@ -424,7 +451,9 @@ def _bid_on(
 ) -> tuple[Decision | None, str]:
     price = limit if contested else max(offer.min_next_bid, (offer.start_price + limit) // 2)
     if price < offer.min_next_bid or price > limit:
-        return None, f"#{offer.id} needs {offer.min_next_bid}/kWh, above retail - margin ({limit}/kWh)"
+        return None, (
+            f"#{offer.id} needs {s.unit.price(offer.min_next_bid)}, above retail - margin ({s.unit.price(limit)})"
+        )
     used = min(offer.energy_wh, uncovered)
     gas = s.fees.gas.approve + s.fees.gas.bid + (s.fees.gas.close if offer.energy_wh > uncovered else 0)
     fee = s.fees.cost(gas)
@@ -443,22 +472,26 @@ def _bid_on(
         basis, trade_fee, what = value, fee, "its fees"
     if gain < fee or not _within_share(trade_fee, basis, s.settings.max_fee_share):
         return None, (
-            f"#{offer.id}: {used} Wh at {price}/kWh saves {gain}, short of {what} ({trade_fee}) within "
+            f"#{offer.id}: {used} Wh at {s.unit.price(price)} saves {s.unit.money(gain)}, short of {what} "
+            f"({s.unit.money(trade_fee)}) within "
             f"{_percent(s.settings.max_fee_share)} of its {'saving' if contested else 'value'}"
         )
     cost = value + fee
     if spent + cost > s.settings.daily_budget:
-        return None, f"#{offer.id}: {cost} more would pass the daily budget ({s.settings.daily_budget})"
+        return None, (
+            f"#{offer.id}: {s.unit.money(cost)} more would pass the daily budget "
+            f"({s.unit.money(s.settings.daily_budget)})"
+        )
     how = (
-        f"outbids the leader at the limit {price}/kWh"
+        f"outbids the leader at the limit {s.unit.price(price)}"
         if contested
-        else f"at {price}/kWh, halfway from its start price to the limit: the gain is shared with the seller"
+        else f"at {s.unit.price(price)}, halfway from its start price to the limit: the gain is shared with the seller"
     )
     return (
         Decision(
             Action.BID,
             f"#{offer.id} ({offer.energy_wh} Wh) for {used} Wh of the next {s.settings.horizon_steps} timesteps' "
-            f"need, {how}: saves {gain} against retail for a fee of {fee}",
+            f"need, {how}: saves {s.unit.money(gain)} against retail for a fee of {s.unit.money(fee)}",
             offer_id=offer.id,
             energy_wh=offer.energy_wh,
             price=price,
@@ -485,9 +518,16 @@ def _withdrawal(s: Situation) -> list[Decision]:
         return [
             Decision(
                 Action.NOTHING,
-                f"credit {credit} is too small to withdraw today: the fee ({fee}) would pass "
-                f"{_percent(share)} of it; it stays in the market until it is worth the fee",
+                f"credit {s.unit.money(credit)} is too small to withdraw today: the fee "
+                f"({s.unit.money(fee)}) would pass {_percent(share)} of it; it stays in the market until it is "
+                "worth the fee",
                 fee=fee,
             )
         ]
-    return [Decision(Action.WITHDRAW, f"the daily withdrawal of {credit} credit for a fee of {fee}", fee=fee)]
+    return [
+        Decision(
+            Action.WITHDRAW,
+            f"the daily withdrawal of {s.unit.money(credit)} credit for a fee of {s.unit.money(fee)}",
+            fee=fee,
+        )
+    ]

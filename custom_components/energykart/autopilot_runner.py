@@ -206,6 +206,7 @@ class AutopilotRunner:
             withdraw_due=self.withdrawn_on != now.date(),
             unsold_steps_ago=unsold if unsold is not None and unsold < HORIZON_STEPS else None,
             bidding_closes=any(o.seller != account and o.bidding_ends <= ends_soon for o in data.open_offers),
+            unit=autopilot.Unit(currency.symbol, currency.decimals),
         )
 
     def _track_offers(self, open_ids: set[int], now: datetime) -> None:

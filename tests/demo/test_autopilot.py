@@ -82,8 +82,30 @@ def test_a_surplus_is_offered_at_feed_in_plus_margin() -> None:
     assert decision.price == 13 * CENT  # 0.08 + 0.05
     assert decision.fee == FEES.cost(ap.ERC20_GAS.create_offer)
     assert decision.gain == ap.value_of(5 * CENT, 3600)
-    assert "3600 Wh of surplus" in decision.reason
-    assert "fee" in decision.reason
+    assert decision.reason == (
+        "3600 Wh of surplus over the next 4 timesteps from 0.1300 EURe/kWh (feed-in 0.0800 EURe/kWh + margin): "
+        "gains 0.1800 EURe over feed-in for a fee of 0.0026 EURe"
+    )
+
+
+def test_reasons_write_amounts_in_the_currency() -> None:
+    eure = ap.Unit()
+    assert eure.price(19 * CENT) == "0.1900 EURe/kWh"
+    assert eure.money(374_870_000_000_000_000) == "0.3749 EURe"
+    assert eure.money(2_620_500_000_000_000) == "0.0026 EURe"  # below a cent: two significant digits
+    assert eure.money(0) == "0.0000 EURe"
+    assert ap.Unit("ETH").price(63_333_333_333_333) == "0.000063 ETH/kWh"
+    assert ap.Unit("USDC", 6).money(1_500_000) == "1.5000 USDC"
+    native = situation(
+        surplus=(1200, 900, 800, 700),
+        tariff=ap.Tariff.fixed(10**14, 3 * 10**13),
+        settings=dataclasses.replace(SETTINGS, margin=2 * 10**13),
+        fees=ap.Fees.for_currency(ap.NATIVE_GAS, 10**7, None),
+        unit=ap.Unit("ETH"),
+    )
+    (decision,) = ap.decide(native)
+    assert "from 0.000050 ETH/kWh (feed-in 0.000030 ETH/kWh + margin)" in decision.reason
+    assert str(decision.price) not in decision.reason  # the integer stays in the decision
 
 
 def test_an_offer_is_capped_and_covers_only_the_run_of_surplus_that_starts_next() -> None:

@@ -100,6 +100,9 @@ async def test_autopilot_trades(
     assert offer.data["action"] == "offer"
     assert "2000 Wh of surplus" in offer.data["reason"]
     assert "feed-in" in offer.data["reason"]
+    # Amounts in the reason are written in the market's currency, not in its smallest unit.
+    assert f"from {offer.data['price_per_kwh']:.4f} ETH/kWh" in offer.data["reason"]
+    assert str(START_PRICE) not in offer.data["reason"]
     assert (offer.data["energy_kwh"], offer.data["price"], offer.data["currency"]) == (2.0, 0.15, "EUR")
     on_chain = chain.offer(1)
     assert (on_chain["energyWh"], on_chain["startPricePerKWh"]) == (2000, START_PRICE)

@@ -3,16 +3,19 @@
 Read over Home Assistant's WebSocket API (`auth`, then `subscribe_events` for `state_changed`:
 each new value at once) and its REST API (`GET /api/states/<entity>`, Bearer token): the state
 when the connection opens and every --interval, and alone while the WebSocket cannot be used.
-`homeassistants://` uses https / wss. The sensor should be a `total_increasing` energy sensor; its
-unit (Wh, kWh, MWh) is converted. `unavailable` or `unknown` is no reading. The timestamp is when
-Home Assistant last heard from the sensor (`last_reported`, else `last_updated`), so a value it has
-not heard again is not signed again. No Home Assistant package is imported: it is a remote API.
+`homeassistants://` uses https / wss, verified against the system's CAs, or against `ca-file=FILE`
+(a private CA, e.g. the one that signed Home Assistant's own certificate). The sensor should be a
+`total_increasing` energy sensor; its unit (Wh, kWh, MWh) is converted. `unavailable` or `unknown`
+is no reading. The timestamp is when Home Assistant last heard from the sensor (`last_reported`,
+else `last_updated`), so a value it has not heard again is not signed again. No Home Assistant
+package is imported: it is a remote API.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
@@ -28,6 +31,14 @@ _LOGGER = logging.getLogger(__name__)
 
 NO_VALUE = {"unavailable", "unknown", ""}
 SUBSCRIPTION = 1  # the id of the state_changed subscription on a connection
+
+
+def untrusted(err: aiohttp.ClientConnectorCertificateError) -> str:
+    """What to do about a certificate of Home Assistant that TLS verification refused."""
+    return (
+        f"the TLS certificate of Home Assistant is not trusted ({err.certificate_error}): "
+        "for a private CA give ca-file=FILE"
+    )
 
 
 class WebSocketUnusable(Exception):
@@ -56,10 +67,20 @@ class HomeAssistantSource:
         token_file = query.pop("token-file", None)
         if token_file is None:
             raise ConfigError(f"{scheme}: give token-file=FILE holding a long-lived access token (your HA profile)")
+        ca_file = query.pop("ca-file", None)
         if query:
-            raise ConfigError(f"{scheme}: unknown option(s) {', '.join(query)}: known is token-file")
+            raise ConfigError(f"{scheme}: unknown option(s) {', '.join(query)}: known are token-file, ca-file")
         self._token = read_secret(url, "token-file", token_file)
         tls = scheme == "homeassistants"
+        # True: aiohttp's default verification (the system's CAs); a context: a private CA
+        self._ssl: ssl.SSLContext | bool = True
+        if ca_file is not None:
+            if not tls:
+                raise ConfigError(f"{scheme}: ca-file= needs TLS: use homeassistants://")
+            try:
+                self._ssl = ssl.create_default_context(cafile=ca_file)
+            except OSError as err:
+                raise ConfigError(f"{scheme}: cannot read ca-file={ca_file}: {err.strerror or err}") from err
         base = f"{url.hostname}:{url.port or (443 if tls else 8123)}"
         self.http_url = f"{'https' if tls else 'http'}://{base}"
         self.ws_url = f"{'wss' if tls else 'ws'}://{base}/api/websocket"
@@ -82,6 +103,8 @@ class HomeAssistantSource:
             except (WebSocketUnusable, aiohttp.WSServerHandshakeError, aiohttp.WSMessageTypeError) as err:
                 # e.g. a reverse proxy that does not pass WebSockets on
                 _LOGGER.debug("%s: the WebSocket API is not usable (%s); reading the REST API", self.name, err)
+            except aiohttp.ClientConnectorCertificateError as err:
+                raise SourceUnavailable(untrusted(err)) from err
             except (aiohttp.ClientError, TimeoutError) as err:
                 raise SourceUnavailable(f"cannot reach Home Assistant: {err}") from err
             polled = self.parse(await self._rest())
@@ -93,7 +116,7 @@ class HomeAssistantSource:
         # No WebSocket heartbeat: the state is read over REST every interval anyway (below), so a
         # half-open WebSocket delays no reading; and aiohttp 3.14 re-arms a heartbeat timer after
         # close (a pending reset fires late), which would outlive the source.
-        async with self.session.ws_connect(self.ws_url) as ws:
+        async with self.session.ws_connect(self.ws_url, ssl=self._ssl) as ws:
             message = await ws.receive_json(timeout=10)
             if message.get("type") != "auth_required":
                 raise WebSocketUnusable(f"not Home Assistant's WebSocket API (got {message.get('type')!r})")
@@ -143,7 +166,7 @@ class HomeAssistantSource:
         headers = {"Authorization": f"Bearer {self._token}"}
         try:
             async with self.session.get(
-                f"{self.http_url}/api/states/{quote(self.entity_id)}", headers=headers
+                f"{self.http_url}/api/states/{quote(self.entity_id)}", headers=headers, ssl=self._ssl
             ) as response:
                 if response.status == 401:
                     raise ConfigError(f"{self.name}: Home Assistant refused the token (401): renew token-file=")
@@ -152,6 +175,8 @@ class HomeAssistantSource:
                 if response.status != 200:
                     raise SourceUnavailable(f"GET /api/states/{self.entity_id}: HTTP {response.status}")
                 return await response.json()
+        except aiohttp.ClientConnectorCertificateError as err:
+            raise SourceUnavailable(untrusted(err)) from err
         except (aiohttp.ClientError, TimeoutError) as err:
             raise SourceUnavailable(f"cannot reach Home Assistant's REST API: {err}") from err
 

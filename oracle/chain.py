@@ -348,6 +348,11 @@ class MarketClient:
             tip = 10**9
         return Fees(max_fee=2 * base + tip, priority_fee=tip)
 
+    async def base_fee(self) -> int:
+        """The base fee per gas of the latest block (0 before London)."""
+        block = await self._call(self.w3.eth.get_block("latest"))
+        return int(block.get("baseFeePerGas", 0))
+
     def settle_call(self, readings: Sequence[tuple[int, bytes, bytes]]) -> AsyncContractFunction:
         return self.contract.functions.settle(list(readings))
 

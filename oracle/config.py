@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,6 +33,7 @@ DEFAULT_LOG_LEVEL = "INFO"
 DEFAULT_REPLACE_AFTER = 180  # seconds a settle transaction may stay unmined before a higher fee replaces it
 DEFAULT_RETENTION = 7 * 24 * 3600  # seconds settled readings are kept
 MIN_REPLACE_AFTER = 1
+GWEI = 10**9  # wei per gwei: --max-fee is given in gwei, kept in wei
 MIN_GAS_BUDGET = 100_000  # one reading plus the transaction's own overhead, with room
 MIN_MAX_BODY = 1024
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -48,6 +51,7 @@ _SOURCES: dict[str, tuple[str, str | None]] = {
     "replace_after": ("--replace-after", None),
     "retention": ("--retention", "ENERGYKART_RETENTION"),
     "gas_budget": ("--gas-budget", None),
+    "max_fee": ("--max-fee", None),
     "max_body": ("--max-body", None),
     "log_level": ("--log-level", None),
     "dev": ("--dev", None),
@@ -97,6 +101,7 @@ class Config:
     replace_after: int
     retention: int  # 0: keep every reading
     gas_budget: int
+    max_fee: int | None  # wei per gas a settle transaction may offer at most; None: no ceiling
     max_body: int
     log_level: str
     dev: bool
@@ -160,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--gas-budget", metavar="GAS", help=f"gas limit of one settle transaction (default {DEFAULT_GAS_BUDGET})"
     )
     parser.add_argument(
+        "--max-fee",
+        metavar="GWEI",
+        help="ceiling of the max fee per gas (in gwei, e.g. 50 or 0.5) a settle transaction offers, also when "
+        "replaced; while the chain asks more, a settle is sent at the ceiling and waits (default: no ceiling)",
+    )
+    parser.add_argument(
         "--max-body", metavar="BYTES", help=f"largest accepted request body (default {DEFAULT_MAX_BODY})"
     )
     parser.add_argument("--log-level", help=f"one of {', '.join(LOG_LEVELS)} (default {DEFAULT_LOG_LEVEL})")
@@ -221,6 +232,25 @@ def _int(raw: dict[str, tuple[Any, str]], name: str, default: int, minimum: int,
     return number
 
 
+def _gwei(raw: dict[str, tuple[Any, str]], name: str, what: str) -> int | None:
+    """An optional positive amount in gwei (a decimal fraction is fine), as wei."""
+    if name not in raw:
+        return None
+    value, source = raw[name]
+    try:
+        if isinstance(value, bool):
+            raise InvalidOperation
+        number = Decimal(str(value).replace("_", "").strip())
+        if not number.is_finite():
+            raise InvalidOperation
+    except InvalidOperation:
+        raise ConfigError(f"{source}: {value!r} is not a number; give {what}") from None
+    wei = math.floor(number * GWEI)
+    if wei < 1:
+        raise ConfigError(f"{source}: {value} is too small; give {what} (more than 0)")
+    return wei
+
+
 def _validate(raw: dict[str, tuple[Any, str]], env: Mapping[str, str]) -> Config:
     if "rpc_url" not in raw:
         raise ConfigError("--rpc-url is required (or ENERGYKART_RPC_URL): the JSON-RPC URL of an Ethereum node")
@@ -260,6 +290,7 @@ def _validate(raw: dict[str, tuple[Any, str]], env: Mapping[str, str]) -> Config
         replace_after=_int(raw, "replace_after", DEFAULT_REPLACE_AFTER, MIN_REPLACE_AFTER, "a number of seconds"),
         retention=_int(raw, "retention", DEFAULT_RETENTION, 0, "a number of seconds (0: keep all)"),
         gas_budget=_int(raw, "gas_budget", DEFAULT_GAS_BUDGET, MIN_GAS_BUDGET, "the gas limit of one settle"),
+        max_fee=_gwei(raw, "max_fee", "the highest max fee per gas in gwei, e.g. 50"),
         max_body=_int(raw, "max_body", DEFAULT_MAX_BODY, MIN_MAX_BODY, "a size in bytes"),
         log_level=log_level,
         dev=dev,

@@ -13,7 +13,11 @@ the other meters' readings.
 A settle transaction still unmined `replace_after` seconds after it was broadcast is replaced: the
 same nonce and call, signed again with fees a quarter higher (or the node's current fees, if those
 are higher still). Every earlier transaction of the batch is remembered, since any one of them may
-be the one mined. A batch that has waited `STUCK_ROUNDS` rounds (for inclusion, or for its
+be the one mined. With a fee ceiling (`--max-fee`) no transaction offers more than it: a first
+send while the chain asks more goes out at the ceiling and waits until the base fee falls (a node
+that will not hold it meanwhile gets it again each round), and a replacement is capped at the
+ceiling, or left out (the transaction keeps waiting) when the ceiling is not 10 % above its fee.
+A batch that has waited `STUCK_ROUNDS` rounds (for inclusion, or for its
 confirmations) is logged once as a warning and shown by /healthz until it resolves.
 """
 
@@ -23,6 +27,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 
 from web3.types import TxReceipt
 
@@ -30,6 +35,7 @@ from oracle.chain import ContractRejected, Fees, MarketClient, NodeRefused, Skip
 from oracle.ingest import Ingest
 from oracle.metrics import Metrics
 from oracle.store import Batch, ReadingStore, StoredReading
+from oracle.throttle import ThrottledWarnings
 from oracle.transactions import GAS_MARGIN, TransactionSender
 
 _LOGGER = logging.getLogger(__name__)
@@ -38,6 +44,7 @@ GAS_PER_TX = 60_000  # intrinsic cost, calldata head, the ReadingsAccepted event
 WARN_EVERY = 3600.0  # seconds between warnings about one meter whose reading cannot be sent
 STUCK_ROUNDS = 3  # rounds a settle transaction may wait before it is reported
 FEE_BUMP = 1.25  # a replacement offers this much more (nodes want at least 10 % more to replace)
+MIN_BUMP_PERCENT = 10  # below --max-fee a replacement needs at least this much room, else it is not sent
 
 
 @dataclass
@@ -58,7 +65,7 @@ class WaitingSettle:
     tx_hash: str
     nonce: int
     rounds: int  # rounds it has been found waiting
-    waiting_for: str  # "inclusion" (not mined yet) or "confirmations" (mined, not deep enough)
+    waiting_for: str  # "inclusion" (not mined yet), "fee ceiling" (not mined, held by --max-fee) or "confirmations"
 
     def to_json(self) -> dict[str, object]:
         return {"tx": self.tx_hash, "nonce": self.nonce, "rounds": self.rounds, "waitingFor": self.waiting_for}
@@ -74,6 +81,7 @@ class Relayer:
         gas_budget: int,
         wait_seconds: float,
         replace_after: float,
+        max_fee: int | None = None,
     ) -> None:
         self._sender = sender
         self._client: MarketClient = sender.client
@@ -85,6 +93,8 @@ class Relayer:
         self._per_tx = max(1, (gas_budget - GAS_PER_TX) // GAS_PER_READING)
         self._deferred_warned: dict[str, float] = {}  # meter -> when its deferral was last warned about
         self._replace_after = replace_after
+        self._max_fee = max_fee  # wei per gas; None: no ceiling
+        self._fee_warnings = ThrottledWarnings(_LOGGER, every=WARN_EVERY)
         self._rounds_waited: dict[int, int] = {}  # open batch id -> rounds it has been found waiting
         self.waiting: WaitingSettle | None = None
 
@@ -137,10 +147,19 @@ class Relayer:
         if estimate > self._gas_budget and len(chunk) > 1:
             return await self._split(chunk, report)
         gas = min(int(estimate * GAS_MARGIN), max(self._gas_budget, estimate))
-        nonce, tx_hash, raw = await self._sender.sign(function, gas)
+        fees = await self._client.fees()
+        if self._max_fee is not None and fees.max_fee > self._max_fee:
+            self._fee_warnings.warn(
+                "max_fee_send",
+                "settle: the chain asks a max fee of %s gwei, above --max-fee %s gwei: sent at %s gwei, "
+                "it waits until the base fee falls",
+                gwei(fees.max_fee), gwei(self._max_fee), gwei(self._max_fee),
+            )  # fmt: skip
+            fees = self._capped(fees)
+        nonce, tx_hash, raw = await self._sender.sign(function, gas, fees)
         batch_id = self._store.record_batch(nonce, tx_hash, raw, [c.id for c in chunk])
         _LOGGER.info("settle: %d readings, nonce %d, tx %s", len(chunk), nonce, tx_hash)
-        await self._client.send_raw(raw)
+        await self._broadcast(raw)
         for stored in chunk:
             if self._deferred_warned.pop(stored.reading.meter, None) is not None:
                 _LOGGER.info("meter %s: its reading is sent again", stored.reading.meter)
@@ -190,13 +209,16 @@ class Relayer:
                     self._store.drop_batch(batch.id)
                     self._sender.forget_nonces()
                     self._metrics.batches.labels("dropped").inc()
-                elif time.time() - batch.sent_at >= self._replace_after:
-                    tx_hash = await self._replace(batch)
-                    report.replaced += 1
-                    waiting.append(self._still_waiting(batch, tx_hash, "inclusion", report))
                 else:
-                    await self._client.send_raw(batch.raw_tx)  # the node may have lost it (restart)
-                    waiting.append(self._still_waiting(batch, batch.tx_hash, "inclusion", report))
+                    due = time.time() - batch.sent_at >= self._replace_after
+                    replaced = await self._replace(batch) if due else None  # None also: --max-fee leaves no room
+                    if replaced is not None:
+                        tx_hash, taken = replaced
+                        report.replaced += 1
+                    else:
+                        tx_hash, taken = batch.tx_hash, await self._broadcast(batch.raw_tx)  # the node may have lost it
+                    waiting_for = "inclusion" if taken and (replaced or not due) else "fee ceiling"
+                    waiting.append(self._still_waiting(batch, tx_hash, waiting_for, report))
         still_open = {b.id for b in self._store.open_batches()}
         self._rounds_waited = {i: n for i, n in self._rounds_waited.items() if i in still_open}
         self.waiting = max(waiting, key=lambda w: w.rounds, default=None)
@@ -217,26 +239,66 @@ class Relayer:
             detail = (
                 f"mined, waiting for {self._sender.confirmations} confirmation(s); does the chain make blocks?"
                 if waiting_for == "confirmations"
+                else "not mined yet, its fee held at --max-fee"
+                if waiting_for == "fee ceiling"
                 else "not mined yet"
             )
             _LOGGER.warning("settle tx %s (nonce %d) has waited %d rounds: %s", tx_hash, batch.nonce, rounds, detail)
         return WaitingSettle(tx_hash, batch.nonce, rounds, waiting_for)
 
-    async def _replace(self, batch: Batch) -> str:
-        """Sign the batch's transaction again with higher fees, record it, then broadcast it."""
+    async def _replace(self, batch: Batch) -> tuple[str, bool] | None:
+        """Sign the batch's transaction again with higher fees, record it, then broadcast it:
+        (its hash, whether the node took it). None when --max-fee leaves no room for a replacement
+        the node would take (10 % above the offered max fee): the transaction keeps waiting."""
         offered = self._client.fees_of(batch.raw_tx)
         current = await self._client.fees()
         priority = max(int(offered.priority_fee * FEE_BUMP) + 1, current.priority_fee)
         fees = Fees(max_fee=max(int(offered.max_fee * FEE_BUMP) + 1, current.max_fee, priority), priority_fee=priority)
+        if self._max_fee is not None and fees.max_fee > self._max_fee:
+            if self._max_fee * 100 < offered.max_fee * (100 + MIN_BUMP_PERCENT):
+                self._fee_warnings.warn(
+                    "max_fee_replace",
+                    "settle tx %s (nonce %d) waits: not mined after %.0f s, but a replacement would offer a max fee "
+                    "of %s gwei, above --max-fee %s gwei (it offers %s gwei)",
+                    batch.tx_hash, batch.nonce, self._replace_after, gwei(fees.max_fee), gwei(self._max_fee),
+                    gwei(offered.max_fee),
+                )  # fmt: skip
+                return None
+            fees = self._capped(fees)
         tx_hash, raw = self._client.resign(batch.raw_tx, self._sender.signer, fees)
         self._store.replace_batch_tx(batch.id, tx_hash, raw)
         self._metrics.batches.labels("replaced").inc()
         _LOGGER.warning(
-            "settle tx %s (nonce %d) not mined after %.0f s: replaced by %s, max fee %d -> %d wei/gas",
+            "settle tx %s (nonce %d) not mined after %.0f s: replaced by %s, max fee %d -> %d wei/gas%s",
             batch.tx_hash, batch.nonce, self._replace_after, tx_hash, offered.max_fee, fees.max_fee,
+            " (the --max-fee ceiling)" if fees.max_fee == self._max_fee else "",
         )  # fmt: skip
-        await self._client.send_raw(raw)
-        return tx_hash
+        return tx_hash, await self._broadcast(raw)
+
+    def _capped(self, fees: Fees) -> Fees:
+        """`fees` with neither fee above --max-fee."""
+        if self._max_fee is None or fees.max_fee <= self._max_fee:
+            return fees
+        return Fees(max_fee=self._max_fee, priority_fee=min(fees.priority_fee, self._max_fee))
+
+    async def _broadcast(self, raw: bytes) -> bool:
+        """Send a settle transaction: whether the node took it. Under --max-fee a node may refuse
+        one whose max fee is below its base fee (anvil does; geth keeps it in its pool): that one
+        waits, and is sent again next round. Any other refusal propagates (the round fails)."""
+        try:
+            await self._client.send_raw(raw)
+        except NodeRefused as err:
+            if self._max_fee is None:
+                raise
+            offered, base = self._client.fees_of(raw).max_fee, await self._client.base_fee()
+            if offered * 8 >= base * 9:  # the next block may charge up to 1/8 more than the last one
+                raise
+            _LOGGER.debug(
+                "settle tx at %s gwei refused while the base fee is %s gwei (%s); sent again next round",
+                gwei(offered), gwei(base), err,
+            )  # fmt: skip
+            return False
+        return True
 
     async def _apply(self, batch: Batch, tx_hash: str, tx_receipt: TxReceipt, report: RelayReport) -> None:
         readings = self._store.batch_readings(batch.id)
@@ -283,3 +345,8 @@ class Relayer:
         report.settled += len(settled)
         report.skipped += len(skipped)
         _LOGGER.info("settle tx %s: %d settled, %d skipped, gas %d", tx_hash, len(settled), len(skipped), gas_used)
+
+
+def gwei(wei: int) -> str:
+    """An amount in wei per gas as gwei, exactly: 25, 1.5, 0.000000001."""
+    return f"{Decimal(wei) / 10**9:f}"

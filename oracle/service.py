@@ -100,8 +100,9 @@ class OracleService:
         self.keeper = Keeper(sender, self.metrics, grace)
         wait_seconds = max(5.0, min(float(self.timestep), 120.0))
         self.relayer = Relayer(
-            sender, self.store, ingest, self.metrics, config.gas_budget, wait_seconds, config.replace_after
-        )
+            sender, self.store, ingest, self.metrics, config.gas_budget, wait_seconds, config.replace_after,
+            config.max_fee,
+        )  # fmt: skip
         self.watcher = Watcher(self.client, self.view, ingest, self.keeper, self.metrics, start_block)
         identity.update(
             chainId=chain_id,

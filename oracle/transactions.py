@@ -10,7 +10,7 @@ from eth_account.signers.local import LocalAccount
 from web3.contract.async_contract import AsyncContractFunction
 from web3.types import TxReceipt
 
-from oracle.chain import MarketClient
+from oracle.chain import Fees, MarketClient
 
 _LOGGER = logging.getLogger(__name__)
 GAS_MARGIN = 1.2  # estimates run on the latest block; state may move before inclusion
@@ -35,9 +35,9 @@ class TransactionSender:
         """After dropping a transaction: trust the node's count again."""
         self._next_nonce = 0
 
-    async def sign(self, function: AsyncContractFunction, gas: int) -> tuple[int, str, bytes]:
-        """A signed transaction for `function`: (nonce, hash, raw). Not sent yet."""
-        fees = await self.client.fees()
+    async def sign(self, function: AsyncContractFunction, gas: int, fees: Fees | None = None) -> tuple[int, str, bytes]:
+        """A signed transaction for `function`, with `fees` (default: the node's): (nonce, hash, raw). Not sent yet."""
+        fees = fees or await self.client.fees()
         nonce = await self.next_nonce()
         tx_hash, raw = await self.client.sign(function, self.signer, nonce, gas, fees)
         return nonce, tx_hash, raw

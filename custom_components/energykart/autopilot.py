@@ -29,6 +29,10 @@ making. The rules, each decision carrying its reason:
   beyond the daily budget.
 - close: a bought connection once the timesteps it was bought for are over (the need is met), or
   as soon as retail - margin falls below its price.
+- longer: an offer or a bid that is too small for its fees over the horizon looks further ahead,
+  one timestep at a time up to `longest_horizon_steps`, and is made for the first horizon at
+  which it is worth them (the connection it opens ends with that horizon): a household that
+  exports or imports little trades less often and for longer, instead of not at all.
 - withdraw: credit, at most once a day, when the withdrawal's fee is at most a quarter of
   `max_fee_share` of it; a smaller credit stays in the market (it is still the household's) and
   waits for a day when it has grown enough.
@@ -36,7 +40,8 @@ making. The rules, each decision carrying its reason:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
@@ -162,6 +167,9 @@ class Settings:
     max_offer_wh: int
     reserve_pct: int = 30  # battery energy below this share of the capacity is never offered
     horizon_steps: int = 4  # timesteps ahead that an offer and a bid cover
+    # When a trade over `horizon_steps` is too small for its fees, the autopilot may look further
+    # ahead, one timestep at a time up to this many, for a trade that is worth them (None: never).
+    longest_horizon_steps: int | None = None
     min_export_wh: int = 100  # forecast exports below this per timestep are not worth counting
     max_fee_share: Fraction = Fraction(1, 50)  # one side's fees at most this share of a trade's value
 
@@ -257,6 +265,7 @@ class Decision:
     fee: int = 0  # the fees this decision spends, currency units
     gain: int = 0  # the expected gain against the grid before fees, currency units
     cost: int = 0  # bid: what it may spend today, the energy it uses and its fees
+    horizon_steps: int = 0  # offer, bid: the timesteps it covers (a connection it opens ends with them)
 
 
 def decide(situation: Situation) -> list[Decision]:
@@ -325,10 +334,36 @@ def sellable_wh(s: Situation) -> int:
 
 def _offers(s: Situation) -> list[Decision]:
     """At most one offer per round: the next waits to see whether this one finds a buyer."""
+    return _looking_further(s, _offers_over, len(s.household.surplus_wh))
+
+
+def _looking_further(
+    s: Situation, over: Callable[[Situation], tuple[list[Decision], bool]], forecast_steps: int
+) -> list[Decision]:
+    """The decisions of `over` at the settings' horizon; when they make no trade only because it
+    would be too small for its fees, those of the first longer horizon (up to the longest, and as
+    far as the forecast of `forecast_steps` reaches) that makes one; without one, the reason at the
+    furthest horizon looked at. Gas sets the timing: a household that imports or
+    exports little trades less often, for longer."""
+    decisions, too_small = over(s)
+    horizon = s.settings.horizon_steps
+    longest = min(s.settings.longest_horizon_steps or horizon, forecast_steps)
+    while too_small and horizon < longest:
+        horizon += 1
+        decisions, too_small = over(
+            dataclasses.replace(s, settings=dataclasses.replace(s.settings, horizon_steps=horizon))
+        )
+        if any(d.action is not Action.NOTHING for d in decisions):
+            break
+    return decisions  # without a trade: the reason of the furthest horizon it looked at
+
+
+def _offers_over(s: Situation) -> tuple[list[Decision], bool]:
+    """The offer over the settings' horizon, and whether the only reason against it is its size."""
     sold = sum(c.expected_draw_wh(s.settings.horizon_steps) for c in s.connections if not c.buying)
     free = sellable_wh(s) - sold - sum(o.energy_wh for o in s.offers if o.mine)
     if free <= 0:
-        return []
+        return [], False
     waiting = [o.id for o in s.offers if not o.has_bid]
     if waiting:
         return [
@@ -337,7 +372,7 @@ def _offers(s: Situation) -> list[Decision]:
                 f"{free} Wh to sell, but offer #{waiting[0]} still waits for a bid: the market has no buyer "
                 "for more yet, and an offer nobody bids on wastes its fee",
             )
-        ]
+        ], False
     if s.unsold_steps_ago is not None:
         return [
             Decision(
@@ -345,7 +380,7 @@ def _offers(s: Situation) -> list[Decision]:
                 f"{free} Wh to sell, but an offer of this horizon's energy found no buyer {s.unsold_steps_ago} "
                 "timesteps ago: no further offer's fee for it",
             )
-        ]
+        ], False
     feed_in = max(s.tariff.feed_in_at(k) for k in _horizon(s))
     price = feed_in + s.settings.margin
     fee = s.fees.cost(s.fees.gas.create_offer)
@@ -364,7 +399,7 @@ def _offers(s: Situation) -> list[Decision]:
                 fee=fee,
                 gain=gain,
             )
-        ]
+        ], energy < s.settings.max_offer_wh // 10 * 10
     return [
         Decision(
             Action.OFFER,
@@ -375,8 +410,9 @@ def _offers(s: Situation) -> list[Decision]:
             price=price,
             fee=fee,
             gain=gain,
+            horizon_steps=s.settings.horizon_steps,
         )
-    ]
+    ], False
 
 
 def _within_share(fee: int, value: int, share: Fraction) -> bool:
@@ -391,6 +427,12 @@ def _percent(share: Fraction) -> str:
 
 
 def _bids(s: Situation) -> list[Decision]:
+    return _looking_further(s, _bids_over, len(s.household.need_wh))
+
+
+def _bids_over(s: Situation) -> tuple[list[Decision], bool]:
+    """The bids for the need over the settings' horizon, and whether none is made only because the
+    offers' fees are too much for so small a need."""
     h = s.household
     need = sum(h.need_wh[: s.settings.horizon_steps])
     covered = sum(c.remaining_in_horizon_wh(s.settings.horizon_steps) for c in s.connections if c.buying) + sum(
@@ -398,7 +440,7 @@ def _bids(s: Situation) -> list[Decision]:
     )
     uncovered = need - covered
     if uncovered <= 0:
-        return []
+        return [], False
     retail = min(s.tariff.retail_at(k) for k in _horizon(s))
     limit = retail - s.settings.margin
     spent = h.spent_today
@@ -406,22 +448,23 @@ def _bids(s: Situation) -> list[Decision]:
     taken: set[int] = set()
     while uncovered > 0:
         hungry = covered <= 0 and not taken and s.bidding_closes
-        choice, refusal = _best_bid(s, uncovered, retail, limit, spent, taken, hungry=hungry)
+        choice, refusal, too_small = _best_bid(s, uncovered, retail, limit, spent, taken, hungry=hungry)
         if choice is None:
             out.append(Decision(Action.NOTHING, refusal))
-            break
+            return out, too_small and not taken
         out.append(choice)
         assert choice.offer_id is not None
         taken.add(choice.offer_id)
         uncovered -= choice.energy_wh
         spent += choice.cost
-    return out
+    return out, False
 
 
 def _best_bid(
     s: Situation, uncovered: int, retail: int, limit: int, spent: int, taken: set[int], *, hungry: bool
-) -> tuple[Decision | None, str]:
-    """The best bid on one offer, or None and why there is none.
+) -> tuple[Decision | None, str, bool]:
+    """The best bid on one offer, or None, why there is none, and whether only the fees' share of
+    so small a need stood against every offer.
 
     Offers nobody bid on come first, at their start price: the smallest that covers the whole need
     (one connection, one set of fees), else the largest. Only a household with nothing bought for
@@ -430,29 +473,38 @@ def _best_bid(
     another costs each of them a bid's fee."""
     candidates = [o for o in s.offers if not o.mine and not o.leading and o.id not in taken]
     if not candidates:
-        return None, f"needs {uncovered} Wh more, but no offer is open to bid on"
+        return None, f"needs {uncovered} Wh more, but no offer is open to bid on", False
     contested = not any(not o.has_bid for o in candidates)
     if contested and not hungry:
-        return None, f"needs {uncovered} Wh more, but every offer has a bid and it already has energy for the horizon"
+        return (
+            None,
+            f"needs {uncovered} Wh more, but every offer has a bid and it already has energy for the horizon",
+            False,
+        )
     pool = [o for o in candidates if o.has_bid == contested]
     covering = sorted((o for o in pool if o.energy_wh >= uncovered), key=lambda o: (o.energy_wh, o.id))
     partial = sorted((o for o in pool if o.energy_wh < uncovered), key=lambda o: (-o.energy_wh, o.id))
     reasons: list[str] = []
+    too_small = False
     for offer in [*covering, *partial]:
-        decision, why = _bid_on(s, offer, uncovered, retail, limit, spent, contested=contested)
+        decision, why, small = _bid_on(s, offer, uncovered, retail, limit, spent, contested=contested)
         if decision is not None:
-            return decision, ""
+            return decision, "", False
         reasons.append(why)
-    return None, f"needs {uncovered} Wh more, but no bid pays off: " + "; ".join(reasons[:3])
+        too_small |= small
+    return None, f"needs {uncovered} Wh more, but no bid pays off: " + "; ".join(reasons[:3]), too_small
 
 
 def _bid_on(
     s: Situation, offer: MarketOffer, uncovered: int, retail: int, limit: int, spent: int, *, contested: bool
-) -> tuple[Decision | None, str]:
+) -> tuple[Decision | None, str, bool]:
+    """A bid on `offer`, or None, why not, and whether a larger need would make it worth its fees."""
     price = limit if contested else max(offer.min_next_bid, (offer.start_price + limit) // 2)
     if price < offer.min_next_bid or price > limit:
-        return None, (
-            f"#{offer.id} needs {s.unit.price(offer.min_next_bid)}, above retail - margin ({s.unit.price(limit)})"
+        return (
+            None,
+            f"#{offer.id} needs {s.unit.price(offer.min_next_bid)}, above retail - margin ({s.unit.price(limit)})",
+            False,
         )
     used = min(offer.energy_wh, uncovered)
     gas = s.fees.gas.approve + s.fees.gas.bid + (s.fees.gas.close if offer.energy_wh > uncovered else 0)
@@ -471,16 +523,20 @@ def _bid_on(
     else:
         basis, trade_fee, what = value, fee, "its fees"
     if gain < fee or not _within_share(trade_fee, basis, s.settings.max_fee_share):
-        return None, (
+        return (
+            None,
             f"#{offer.id}: {used} Wh at {s.unit.price(price)} saves {s.unit.money(gain)}, short of {what} "
             f"({s.unit.money(trade_fee)}) within "
-            f"{_percent(s.settings.max_fee_share)} of its {'saving' if contested else 'value'}"
+            f"{_percent(s.settings.max_fee_share)} of its {'saving' if contested else 'value'}",
+            used < offer.energy_wh,
         )
     cost = value + fee
     if spent + cost > s.settings.daily_budget:
-        return None, (
+        return (
+            None,
             f"#{offer.id}: {s.unit.money(cost)} more would pass the daily budget "
-            f"({s.unit.money(s.settings.daily_budget)})"
+            f"({s.unit.money(s.settings.daily_budget)})",
+            False,
         )
     how = (
         f"outbids the leader at the limit {s.unit.price(price)}"
@@ -498,8 +554,10 @@ def _bid_on(
             fee=fee,
             gain=gain,
             cost=cost,
+            horizon_steps=s.settings.horizon_steps,
         ),
         "",
+        False,
     )
 
 

@@ -2,7 +2,7 @@
 
 On each coordinator update (and when turned on) it builds the autopilot's situation: the open
 offers and the account's connections and credit from the coordinator, the household's surplus or
-import and battery from its sensors (a persistence forecast: the power now, for the horizon),
+import and battery from its sensors (a persistence forecast: the power now, for up to four hours),
 the tariffs and exchange rate from the options, and gas at the node's gas price. It carries out
 each decision through the actions' own functions and fires `energykart_autopilot_decision` for
 each one, and for a reason to do nothing only when that reason changes, so that the event bus
@@ -57,6 +57,9 @@ EVENT_AUTOPILOT_DECISION: Final = "energykart_autopilot_decision"
 SIGNAL_FEE_PAID: Final = f"{DOMAIN}_fee_paid_{{}}"
 TIMESTEP: Final = timedelta(minutes=15)  # the oracle's settlement timestep
 HORIZON_STEPS: Final = 4  # timesteps ahead that an offer and a bid cover
+# A trade too small for its fees over an hour may cover up to four: a household importing or
+# exporting a few hundred watts trades for longer instead of not at all.
+LONGEST_HORIZON_STEPS: Final = 16
 BIDDING_MINUTES: Final = 15  # an offer's bidding ends with the timestep: the award starts the next one
 _NUMBERS: Final = re.compile(r"\d+")
 _TRANSPORT: Final = (Web3Exception, aiohttp.ClientError, TimeoutError, OSError)
@@ -86,6 +89,7 @@ class AutopilotRunner:
         self._running = False
         self._first_seen: dict[int, datetime] = {}  # connections: when this runner first saw them
         self._my_offers: set[int] = set()  # offers it made that are still open
+        self._bought_for: dict[int, int] = {}  # offers it made or bid on: the timesteps they cover
         self._unsold_at: datetime | None = None
         self._quiet_reason: str | None = None  # the reason to do nothing fired last, numbers masked
 
@@ -165,6 +169,7 @@ class AutopilotRunner:
             max_offer_wh=int(option(options, CONF_MAX_OFFER_ENERGY) * 1000),
             reserve_pct=int(option(options, CONF_BATTERY_RESERVE)),
             horizon_steps=HORIZON_STEPS,
+            longest_horizon_steps=LONGEST_HORIZON_STEPS,
         )
         account = coordinator.account
         offers = [
@@ -182,6 +187,8 @@ class AutopilotRunner:
         self._track_offers({offer.id for offer in offers}, now)
         live = {i: c for i, c in data.connections.items() if c.status == Status.ACTIVE}
         self._first_seen = {i: self._first_seen.get(i, now) for i in live}
+        known = live.keys() | {offer.id for offer in offers}
+        self._bought_for = {i: steps for i, steps in self._bought_for.items() if i in known}
         connections = [
             autopilot.MarketConnection(
                 id=i,
@@ -190,6 +197,7 @@ class AutopilotRunner:
                 cap_wh=c.cap_wh,
                 delivered_wh=c.delivered_wh,
                 age_steps=int((now - self._first_seen[i]) / TIMESTEP),
+                bought_for_steps=self._bought_for.get(i, 0),
             )
             for i, c in live.items()
         ]
@@ -236,8 +244,8 @@ class AutopilotRunner:
         capacity_wh = int(option(options, CONF_BATTERY_CAPACITY) * 1000)
         soc = entity_number(self.hass, options[CONF_BATTERY_SOC])[0] if options.get(CONF_BATTERY_SOC) else None
         return autopilot.Household(
-            surplus_wh=[int(surplus_w * hours)] * HORIZON_STEPS,
-            need_wh=[int(need_w * hours)] * HORIZON_STEPS,
+            surplus_wh=[int(surplus_w * hours)] * LONGEST_HORIZON_STEPS,
+            need_wh=[int(need_w * hours)] * LONGEST_HORIZON_STEPS,
             battery_wh=int(soc * capacity_wh / 100) if soc is not None else 0,
             battery_capacity_wh=capacity_wh if soc is not None else 0,
             credit=credit,
@@ -257,9 +265,11 @@ class AutopilotRunner:
             if action is autopilot.Action.OFFER:
                 offer_id = await async_sell(coordinator, decision.energy_wh / 1000, price, BIDDING_MINUTES)
                 self._my_offers.add(offer_id)
+                self._bought_for[offer_id] = decision.horizon_steps
             elif action is autopilot.Action.BID:
                 assert decision.offer_id is not None
                 tx_hash = await async_bid(coordinator, decision.offer_id, price)
+                self._bought_for[decision.offer_id] = decision.horizon_steps
             elif action is autopilot.Action.CLOSE:
                 assert decision.connection_id is not None
                 tx_hash = await async_close_connection(coordinator, decision.connection_id)

@@ -141,6 +141,60 @@ def test_an_offer_too_small_for_its_fee_is_not_made() -> None:
     assert refused.action is ap.Action.NOTHING
 
 
+def test_a_small_surplus_is_offered_for_longer_when_the_horizon_may_grow() -> None:
+    # 150 Wh a timestep: 600 Wh over the horizon of 4 is worth 0.078 EURe at 0.13, and the offer's
+    # fee (0.0026 EURe) would be 3.4 % of it. Allowed to look up to 12 timesteps ahead, the
+    # autopilot offers the first run that is worth the fee: 7 timesteps, 1050 Wh, 1.9 %.
+    trickle = (150,) * 12
+    (fixed,) = ap.decide(situation(surplus=trickle))
+    assert fixed.action is ap.Action.NOTHING
+    assert "600 Wh" in fixed.reason
+    assert "does not cover the offer's fee" in fixed.reason
+    longer = dataclasses.replace(SETTINGS, longest_horizon_steps=12)
+    (offer_,) = ap.decide(situation(surplus=trickle, settings=longer))
+    assert offer_.action is ap.Action.OFFER
+    assert (offer_.energy_wh, offer_.horizon_steps) == (1050, 7)
+    assert "over the next 7 timesteps" in offer_.reason
+    # Never further than the forecast reaches, nor than the longest horizon.
+    (short,) = ap.decide(situation(surplus=trickle[:6], settings=longer))
+    assert short.action is ap.Action.NOTHING
+    assert "900 Wh" in short.reason  # the furthest it looked: 6 timesteps
+    capped = dataclasses.replace(SETTINGS, longest_horizon_steps=6)
+    assert ap.decide(situation(surplus=trickle, settings=capped))[0].action is ap.Action.NOTHING
+    # An offer at the settings' horizon covers that horizon.
+    (plain,) = ap.decide(situation(surplus=(1200, 900, 800, 700), settings=longer))
+    assert (plain.action, plain.horizon_steps) == (ap.Action.OFFER, 4)
+
+
+def test_a_small_need_is_bought_for_longer_when_the_horizon_may_grow() -> None:
+    # 100 Wh a timestep against an offer of 1200 Wh: over 4 timesteps the bid, its close and the
+    # seller's offer would cost far more than 2 % of the 400 Wh drawn. Over 12 timesteps the need
+    # takes the whole offer: no close, the bid's fees 1.7 % of its value.
+    need = (100,) * 16
+    refused = ap.decide(situation(need=need, offers=(offer(1, 1200),)))
+    assert actions(refused) == [ap.Action.NOTHING]
+    assert "the trade's fees" in refused[0].reason
+    longer = dataclasses.replace(SETTINGS, longest_horizon_steps=16)
+    (bid,) = ap.decide(situation(need=need, offers=(offer(1, 1200),), settings=longer))
+    assert (bid.action, bid.offer_id, bid.horizon_steps) == (ap.Action.BID, 1, 12)
+    assert "of the next 12 timesteps' need" in bid.reason
+    # Looking further is for a need too small for the fees only: not past a price above the
+    # limit, the daily budget, or an offer that already has a bid.
+    dear = ap.decide(situation(need=need, offers=(offer(1, 1200, start=26 * CENT),), settings=longer))
+    assert "above retail - margin" in dear[0].reason
+    broke = dataclasses.replace(situation(need=need).household, spent_today=5 * EUR - CENT)
+    assert "daily budget" in ap.decide(situation(household=broke, offers=(offer(1, 1200),), settings=longer))[0].reason
+    taken = ap.decide(situation(need=need, offers=(offer(1, 1200, price=19 * CENT),), settings=longer))
+    assert actions(taken) == [ap.Action.NOTHING]
+    # The connection it opens is closed when the timesteps it was bought for are over, not before.
+    bought = ap.MarketConnection(
+        id=1, buying=True, price=19 * CENT, cap_wh=1200, delivered_wh=500, age_steps=5, bought_for_steps=12
+    )
+    assert ap.Action.CLOSE not in actions(ap.decide(situation(connections=(bought,), settings=longer)))
+    over = dataclasses.replace(bought, age_steps=12, delivered_wh=1150)
+    assert actions(ap.decide(situation(connections=(over,), settings=longer))) == [ap.Action.CLOSE]
+
+
 def test_no_offer_while_supply_waits_for_buyers_or_after_an_unsold_one() -> None:
     waiting = ap.decide(situation(surplus=(2000, 2000), offers=(offer(7, 2000),)))
     assert actions(waiting) == [ap.Action.NOTHING]

@@ -4,6 +4,7 @@ and its day survive a restart."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -168,6 +169,39 @@ async def test_autopilot_trades(
     hass.states.async_set("sensor.seller_export", "5", {"unit_of_measurement": "kW"})
     await poll(hass, freezer)
     assert len(of(seller)) == count
+
+
+async def test_a_small_import_buys_for_longer(
+    hass: HomeAssistant, chain: Chain, anvil: Anvil, freezer: FrozenDateTimeFactory
+) -> None:
+    """Importing 400 W, an hour's need (400 Wh) of a 1.2 kWh offer is too small for the fees (the
+    bid, its close and the seller's offer); the autopilot looks further ahead and bids for a
+    longer horizon, and its connection is kept open for those timesteps, then closed."""
+    eth_price = 20  # EUR: with the node's 1-2 gwei, fees are a few % of an hour's trade
+    meter = reported_meter(chain, BUYER.address, wh=5000)
+    start = 150 * WEI // 1000 // eth_price  # 0.15 EUR per kWh, in wei
+    chain.create_offer(SELLER.address, 1200, start, 600)
+    hass.states.async_set("sensor.eth_eur", str(eth_price), {"unit_of_measurement": "EUR"})
+    hass.states.async_set("sensor.buyer_export", "-400", {"unit_of_measurement": "W"})
+    options = {CONF_EXCHANGE_RATE_ENTITY: "sensor.eth_eur", CONF_GRID_EXPORT: "sensor.buyer_export"}
+    buyer = await setup_entry(hass, market_entry(chain, anvil.url, BUYER, meter=meter.address, options=options))
+    decisions = async_capture_events(hass, EVENT_AUTOPILOT_DECISION)
+    await switch(hass, f"switch.{BUYER_ID}_autopilot", SERVICE_TURN_ON)
+    [bid] = [e for e in decisions if e.data["action"] == "bid"]
+    steps = int(re.search(r"of the next (\d+) timesteps' need", bid.data["reason"]).group(1))  # type: ignore[union-attr]
+    assert 4 < steps <= 12  # an hour is 4 timesteps; 12 take the whole offer
+    assert chain.offer(1)["highestBidder"] == BUYER.address
+
+    chain.travel(601)
+    chain.tx(chain.market.functions.finalize(1), chain.registrar)
+    await poll(hass, freezer)
+    for _ in range(steps - 1):
+        await poll(hass, freezer, seconds=900)
+    assert not [e for e in decisions if e.data["action"] == "close"]  # an hour's horizon would have closed it
+    await poll(hass, freezer, seconds=900)
+    [close] = [e for e in decisions if e.data["action"] == "close"]
+    assert "the timesteps it was bought for are over" in close.data["reason"]
+    assert buyer.entry_id == close.data["config_entry_id"]
 
 
 async def test_autopilot_restored(hass: HomeAssistant, chain: Chain, anvil: Anvil) -> None:

@@ -30,9 +30,22 @@ from oracle.meter.sender import Sender
 from tests.chain import Chain
 from tests.oracle.conftest import Oracle, funded_account, make_chain, start_oracle
 
-__all__ = ["chain", "module_oracle", "mosquitto", "no_oracle", "run_gateway", "start_oracle", "until", "w3"]
+__all__ = [
+    "TOKEN",
+    "chain",
+    "module_oracle",
+    "mosquitto",
+    "no_oracle",
+    "run_gateway",
+    "session",
+    "start_oracle",
+    "token_file",
+    "until",
+    "w3",
+]
 
 MOSQUITTO = Path("/usr/sbin/mosquitto")
+TOKEN = "long-lived-access-token"  # the Home Assistant peers' access token
 MOSQUITTO_PASSWD = Path("/usr/bin/mosquitto_passwd")
 
 
@@ -225,3 +238,17 @@ async def no_oracle() -> AsyncIterator[Sender]:
     """The sender of a dry run, which posts nothing: to a port nothing listens on."""
     async with aiohttp.ClientSession() as session:
         yield Sender(session, f"http://127.0.0.1:{free_port()}")
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+def token_file(tmp_path: Path) -> Path:
+    """A token file holding TOKEN, as `token-file=` reads it."""
+    path = tmp_path / "token"
+    path.write_text(TOKEN + "\n")
+    return path

@@ -13,16 +13,14 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import pytest
 from aiohttp import web
 
 from oracle.meter.errors import ConfigError
 from oracle.meter.sources.base import RawReading
 from oracle.meter.sources.homeassistant import HomeAssistantSource
-from tests.meter.conftest import until
+from tests.meter.conftest import TOKEN, until
 
-TOKEN = "long-lived-access-token"
 ENTITY = "sensor.grid_import"
 T0 = 1_767_225_600
 
@@ -106,19 +104,6 @@ async def home_assistant() -> AsyncIterator[HomeAssistant]:
     await ha.start()
     yield ha
     await ha.stop()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
-def token_file(tmp_path):
-    path = tmp_path / "token"
-    path.write_text(TOKEN + "\n")
-    return path
 
 
 def source_for(url: str, token_file, session, interval: float = 60) -> HomeAssistantSource:

@@ -43,8 +43,8 @@ from oracle.meter.sources.base import RawReading
 from oracle.meter.sources.homeassistant import HomeAssistantSource
 from oracle.meter.sources.mqtt import MqttSource
 from oracle.readings import Domain
-from tests.meter.conftest import Mosquitto, no_oracle, until
-from tests.meter.test_homeassistant import T0, TOKEN, HomeAssistant
+from tests.meter.conftest import TOKEN, Mosquitto, no_oracle, until
+from tests.meter.test_homeassistant import T0, HomeAssistant
 
 NOW = 1_767_225_600
 TOPIC = "tele/meter/SENSOR"
@@ -320,19 +320,6 @@ async def tls_home_assistant(cert: Path, key: Path) -> AsyncIterator[TlsHomeAssi
         yield ha
     finally:
         await ha.stop()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
-def token_file(tmp_path: Path) -> Path:
-    path = tmp_path / "token"
-    path.write_text(TOKEN + "\n")
-    return path
 
 
 def ha_source(url: str, token_file: Path, session: aiohttp.ClientSession) -> HomeAssistantSource:

@@ -73,7 +73,8 @@ contract EnergyMarket {
         // slot 3, written when the connection queues behind another or ends
         uint32 meterPrev; // the meter's queue of connections, oldest first
         uint32 meterNext;
-        uint40 closedAt;
+        uint40 closedAt; // set by the close while queued; a head's close time is kept in its meter's
+        // state until the connection ends (one slot write less for the buyer's close)
         uint32 deliveredWh; // final delivered energy once Completed or Released
         uint32 claimedWh; // energy already paid into the seller's credit
         uint48 baselineWh; // the meter's reading at the award
@@ -88,7 +89,7 @@ contract EnergyMarket {
         bool registered;
         uint32 head;
         uint48 headEndWh; // the cumulative reading at which the head connection is full
-        uint40 headClosedAt; // copy of the head's closedAt, 0 while open
+        uint40 headClosedAt; // when the head connection was closed (its record gets it at the end), 0 while open
         uint40 headAwardedAt; // a reading taken at or before this time is the head's baseline
     }
 
@@ -641,8 +642,10 @@ contract EnergyMarket {
             }
         }
         rec.status = Status.Closed;
-        rec.closedAt = uint40(block.timestamp);
+        // The head's close time lives in the meter's slot, which every reading reads; the record
+        // gets it when the connection ends, in the write that ending makes anyway.
         if (isHead) st.headClosedAt = uint40(block.timestamp);
+        else rec.closedAt = uint40(block.timestamp);
         emit ConnectionClosed(id, rec.buyer, block.timestamp);
     }
 
@@ -652,11 +655,12 @@ contract EnergyMarket {
     function release(uint256 id) external {
         Record storage rec = _existing(id);
         if (rec.status != Status.Closed) revert WrongStatus(id, rec.status);
-        uint256 releasableAt = uint256(rec.closedAt) + timestep;
-        if (block.timestamp <= releasableAt) revert GraceNotOver(id, releasableAt);
         address meter = _meterKey[rec.meterId];
         MeterState memory st = _meterState[meter];
-        if (st.head == uint32(id)) {
+        bool isHead = st.head == uint32(id);
+        uint256 releasableAt = uint256(isHead ? st.headClosedAt : rec.closedAt) + timestep;
+        if (block.timestamp <= releasableAt) revert GraceNotOver(id, releasableAt);
+        if (isHead) {
             _endHead(st, meter, false);
             _meterState[meter] = st;
         } else {
@@ -762,6 +766,8 @@ contract EnergyMarket {
         uint256 delivered = _deliveredNow(uint32(id), rec, meter);
         uint256 paid = _pay(rec.price, delivered);
         bool ended = rec.status >= Status.Completed;
+        MeterState storage st = _meterState[meter];
+        bool delivering = !ended && st.head == uint32(id);
         cv = ConnectionView({
             id: id,
             seller: rec.seller,
@@ -772,9 +778,9 @@ contract EnergyMarket {
             deliveredWh: delivered,
             escrowWei: ended ? 0 : _escrow(rec.price, rec.energyWh) - paid,
             paidWei: paid,
-            closedAt: rec.closedAt,
+            closedAt: delivering ? st.headClosedAt : rec.closedAt,
             status: rec.status,
-            delivering: !ended && _meterState[meter].head == uint32(id)
+            delivering: delivering
         });
     }
 
@@ -960,6 +966,7 @@ contract EnergyMarket {
         uint256 cap = rec.energyWh;
         uint256 start = st.headEndWh - cap;
         uint256 endWh = completed ? st.headEndWh : (st.lastWh > start ? st.lastWh : start);
+        if (st.headClosedAt != 0) rec.closedAt = st.headClosedAt;
         _end(id, rec, endWh - start, completed ? Status.Completed : Status.Released);
 
         uint32 next = rec.meterNext;

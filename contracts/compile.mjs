@@ -11,7 +11,7 @@ const repo = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const outRoot = resolve(process.argv[2] ?? repo);
 const CONTRACTS = { EnergyMarket: "contracts/EnergyMarket.sol", DemoToken: "contracts/DemoToken.sol" };
 const settings = {
-  optimizer: { enabled: true, runs: 10000 },
+  optimizer: { enabled: true, runs: 5000 },
   viaIR: true,
   evmVersion: "cancun",
   outputSelection: { "*": { "*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"] } },

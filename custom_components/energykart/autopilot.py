@@ -72,11 +72,11 @@ class GasCosts:
     withdraw: int
 
 
-NATIVE_GAS = GasCosts(create_offer=87_350, bid=66_036, approve=0, close=46_557, withdraw=35_590)
-ERC20_GAS = GasCosts(create_offer=87_350, bid=84_509, approve=45_968, close=46_557, withdraw=44_078)
+NATIVE_GAS = GasCosts(create_offer=87_350, bid=66_036, approve=0, close=41_480, withdraw=35_596)
+ERC20_GAS = GasCosts(create_offer=87_350, bid=84_521, approve=45_968, close=41_480, withdraw=44_084)
 # A token with EIP-2612 permits: the bid carries its permit (about 26,000 gas more) instead of an
 # approve transaction.
-ERC20_PERMIT_GAS = GasCosts(create_offer=87_350, bid=110_600, approve=0, close=46_557, withdraw=44_078)
+ERC20_PERMIT_GAS = GasCosts(create_offer=87_350, bid=110_600, approve=0, close=41_480, withdraw=44_084)
 
 
 @dataclass(frozen=True, slots=True)

@@ -112,6 +112,8 @@ def test_readings_up_to_the_close_settle_in_grace(
         }
     ]
     assert_released(chain, connection, seller, buyer, 1200)
+    # The head's close time was kept in its meter's state; the ended record has it.
+    assert chain.connection(connection)["closedAt"] == closed_at
     assert chain.reverts(m.release(connection), buyer) == ("WrongStatus", (connection, STATUS.index("Released")))
     assert chain.reverts(m.claim(connection), seller) == ("WrongStatus", (connection, STATUS.index("Released")))
 
@@ -278,4 +280,35 @@ def test_late_reading_is_not_billed_to_a_later_connection(
     t = chain.now() + 10
     chain.settle_at(t, chain.sign(meter, BASELINE + 1800, t))
     assert chain.connection(later)["deliveredWh"] == 300
+    chain.assert_conserved()
+
+
+def test_a_closed_connection_completed_in_grace_keeps_its_close_time(
+    chain: Chain, connection: int, seller: str, buyer: str, meter: LocalAccount
+) -> None:
+    closed_at = close_at(chain, connection, buyer)
+    receipt = chain.settle_at(closed_at + 10, chain.sign(meter, BASELINE + CAP, closed_at))
+    assert chain.events(receipt, "ConnectionEnded")[0]["completed"] is True
+    view = chain.connection(connection)
+    assert (STATUS[view["status"]], view["closedAt"], view["deliveredWh"]) == ("Completed", closed_at, CAP)
+    chain.assert_conserved()
+
+
+def test_a_queued_connection_closed_before_its_turn_keeps_its_close_time(
+    chain: Chain, connection: int, seller: str, buyer: str, meter: LocalAccount
+) -> None:
+    m = chain.market.functions
+    queued = chain.award(seller, buyer, meter.address, 300, PRICE)
+    assert chain.connection(queued)["delivering"] is False
+    closed_head = close_at(chain, connection, buyer)
+    closed_queued = close_at(chain, queued, buyer)
+    assert [chain.connection(c)["closedAt"] for c in (connection, queued)] == [closed_head, closed_queued]
+    chain.tx_at(closed_head + GRACE + 1, m.release(connection), seller)
+    # The queued one is the head now: its close time moved into the meter's state, and it counts.
+    view = chain.connection(queued)
+    assert (STATUS[view["status"]], view["closedAt"], view["delivering"]) == ("Closed", closed_queued, True)
+    assert chain.reverts(m.release(queued), seller) == ("GraceNotOver", (queued, closed_queued + GRACE))
+    chain.tx_at(closed_queued + GRACE + 1, m.release(queued), seller)
+    assert [STATUS[chain.connection(c)["status"]] for c in (connection, queued)] == ["Released", "Released"]
+    assert [chain.connection(c)["closedAt"] for c in (connection, queued)] == [closed_head, closed_queued]
     chain.assert_conserved()

@@ -117,12 +117,15 @@ def test_keeper_action_the_node_refuses_does_not_stop_the_others(
     now = chain.now()
     chain.settle(*(chain.sign(m, 1_000, now) for m in [busy, other, *(m for _s, _b, m in lone)]))
     # `heavy` sits in the middle of its seller's and its buyer's lists, with a connection queued
-    # behind it: releasing it costs more than releasing a lone connection. Lower ids go first.
+    # behind it and energy delivered: releasing it costs more than releasing a lone connection
+    # (which writes its record's last slot for the first time). Lower ids go first.
     chain.award(busy_seller, busy_buyer, other.address, 10, PRICE)
     heavy = chain.award(busy_seller, busy_buyer, busy.address, 10, PRICE)
     chain.award(busy_seller, busy_buyer, busy.address, 10, PRICE)
     chain.award(busy_seller, busy_buyer, other.address, 10, PRICE)
     first, second = (chain.award(seller, buyer, meter.address, 10, PRICE) for seller, buyer, meter in lone)
+    # `heavy` has delivered energy: its release also pays its seller and refunds its buyer.
+    chain.settle(chain.sign(busy, 1_005, chain.now()))
     oracle = start_oracle(chain)
     for connection_id, buyer in ((heavy, busy_buyer), (first, lone[0][1])):
         chain.tx(chain.market.functions.closeConnection(connection_id), buyer)

@@ -36,6 +36,10 @@ def anvil_binary() -> str:
     return found
 
 
+class PortTaken(RuntimeError):
+    """anvil could not bind its port: something else listens on it."""
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -55,6 +59,7 @@ class Anvil:
         block_time: float | None = None,
         extra_args: tuple[str, ...] = (),
     ) -> None:
+        self._fixed_port = port is not None
         self.port = port or free_port()
         self.chain_id = chain_id
         self.accounts = accounts
@@ -72,6 +77,18 @@ class Anvil:
         return self._proc is not None and self._proc.poll() is None
 
     def start(self, timeout: float = 20.0) -> Self:
+        # A port chosen by free_port() can be taken by another process (another test worker's node)
+        # before anvil binds it: then anvil exits at once, and a fresh port is tried.
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except PortTaken:
+                if self._fixed_port or attempt == 2:
+                    raise
+                self.port = free_port()
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> Self:
         binary = anvil_binary()
         # Even with pruning anvil creates an (empty) anvil-state-* directory, on anvil_reorg: give it
         # a cache path of its own, which stop() removes.
@@ -105,8 +122,12 @@ class Anvil:
             if (code := self._proc.poll()) is not None:
                 err = self._proc.stderr.read().decode() if self._proc.stderr else ""
                 self.stop()
+                if "address already in use" in err.lower():
+                    raise PortTaken(f"anvil: port {self.port} is taken: {err.strip()}")
                 raise RuntimeError(f"anvil exited with {code}: {err.strip()}")
             if self._responds():
+                if self._proc.poll() is not None:  # another node answered on the port this one lost
+                    continue
                 return self
             time.sleep(0.05)
         self.stop()

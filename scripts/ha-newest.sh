@@ -49,8 +49,11 @@ cache=${ENERGYKART_HA_NEWEST_CACHE:-${cache_base:-$repo/.cache}/energykart/ha-ne
 constraints=$repo/constraints-ha-newest.txt
 root=$cache/root
 self=$repo/scripts/ha-newest.sh
-default_pytest=(-p no:cacheprovider tests/ha --cov=custom_components/energykart --cov-report=term
-  --cov-fail-under=95)
+# In parallel (xdist; a module's tests share one worker, so a module fixture is built once), and
+# coverage through sys.monitoring (COVERAGE_CORE=sysmon below): the suite waits on anvil and HA's
+# loop more than it computes.
+default_pytest=(-p no:cacheprovider -n "${ENERGYKART_TEST_WORKERS:-3}" --dist loadscope tests/ha
+  --cov=custom_components/energykart --cov-report=term --cov-fail-under=95)
 
 log() { printf 'ha-newest: %s\n' "$*" >&2; }
 die() {
@@ -364,7 +367,7 @@ run_tests() {
   fi
   t0=$(now)
   log "pytest ${args[*]} on $("${run[@]}" "$python" -c 'import homeassistant.const as c, sys; print(f"Home Assistant {c.__version__}, Python {sys.version.split()[0]}")')"
-  "${run[@]}" env -C "$repo" COVERAGE_FILE="$covfile" "$python" -m pytest "${args[@]}" || status=$?
+  "${run[@]}" env -C "$repo" COVERAGE_FILE="$covfile" COVERAGE_CORE=sysmon "$python" -m pytest "${args[@]}" || status=$?
   log "tests ran in $(since "$t0")"
   if [ "$per_module" = 1 ]; then
     "${run[@]}" env -C "$repo" COVERAGE_FILE="$covfile" "$python" -m coverage json -q -o "$covfile.json" || status=1

@@ -3,6 +3,7 @@ under ~/.foundry/anvil/tmp, and never deletes them."""
 
 from __future__ import annotations
 
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -46,3 +47,22 @@ def test_anvil_leaves_no_state_on_disk(anvil: Anvil, tmp_path: Path, monkeypatch
         # A reorganisation (the HA tests make some) creates anvil's state directory, even empty.
         rpc(w3, "anvil_reorg", 1, [])
     assert sorted(tmp_path.rglob("*")) == [home, tmp]
+
+
+def test_a_port_taken_before_anvil_binds_it_is_chosen_anew(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Test workers start nodes at once: a free port can be taken between free_port() and anvil's bind.
+    import devchain.anvil as module
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        real = module.free_port
+        choices = iter([port])
+        monkeypatch.setattr(module, "free_port", lambda: next(choices, None) or real())
+        with Anvil(accounts=1) as node:
+            assert node.port != port
+            assert Web3(Web3.HTTPProvider(node.url)).eth.chain_id == 31337
+        # A port the caller chose is not changed behind its back.
+        with pytest.raises(module.PortTaken, match=f"port {port} is taken"):
+            Anvil(port=port, accounts=1).start()

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 from eth_account import Account
+from web3 import Web3
 
 from oracle.config import ConfigError, load_config
 from tests.chain import Chain
 from tests.oracle.conftest import REPO_ROOT
 
-KEY = Account.create().key.hex()
+# Fixed, so that every xdist worker collects the same test ids; not a key anybody funds.
+KEY = Web3.keccak(text="energykart test_config relayer").hex()
 CONTRACT = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 BASE_ENV = {"ENERGYKART_RELAYER_KEY": KEY, "ENERGYKART_CONTRACT": CONTRACT, "ENERGYKART_RPC_URL": "http://node:8545"}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from enum import IntEnum
 from importlib import resources
 from typing import Any, cast
@@ -189,6 +190,11 @@ class SettleOutcome:
 
     accepted: list[tuple[str, int, int]]  # (meter, cumulativeWh, timestamp)
     skipped: list[tuple[str, int, int, SkipReason]]
+
+
+def gwei(wei: int) -> str:
+    """An amount in wei per gas as gwei, exactly: 25, 1.5, 0.000000001."""
+    return f"{Decimal(wei) / 10**9:f}"
 
 
 @dataclass(frozen=True, slots=True)

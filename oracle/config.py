@@ -168,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-fee",
         metavar="GWEI",
         help="ceiling of the max fee per gas (in gwei, e.g. 50 or 0.5) a settle transaction offers, also when "
-        "replaced; while the chain asks more, a settle is sent at the ceiling and waits (default: no ceiling)",
+        "replaced; while the chain asks more, a settle is sent at the ceiling and waits, and the keeper's "
+        "finalize and release wait (default: no ceiling)",
     )
     parser.add_argument(
         "--max-body", metavar="BYTES", help=f"largest accepted request body (default {DEFAULT_MAX_BODY})"

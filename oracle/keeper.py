@@ -2,7 +2,11 @@
 grace window, so no user has to. Each action is estimated first: another oracle instance may have
 done it already, and the estimate then fails with the contract's error instead of costing gas.
 An action the node refuses (estimate or send) is counted as failed and tried again next tick; the
-others of the tick go ahead."""
+others of the tick go ahead.
+
+Under a fee ceiling (`--max-fee`) an action waits while the chain asks more than the ceiling: it is
+counted as held and tried again next tick. Keeper actions are not urgent, and one sent below the
+chain's fee would wait in the pool, holding the relayer's settles (later nonces) behind it."""
 
 from __future__ import annotations
 
@@ -11,13 +15,15 @@ from dataclasses import dataclass, field
 
 from web3.contract.async_contract import AsyncContractFunction
 
-from oracle.chain import ContractRejected, MarketClient, NodeRefused, Status
+from oracle.chain import ContractRejected, MarketClient, NodeRefused, Status, gwei
 from oracle.metrics import Metrics
+from oracle.throttle import ThrottledWarnings
 from oracle.transactions import GAS_MARGIN, TransactionSender
 
 _LOGGER = logging.getLogger(__name__)
 PAGE = 100  # unfinalized offers looked at per dueOffers call
 RECEIPT_TIMEOUT = 60.0
+HELD_WARN_EVERY = 3600.0  # seconds between warnings that the fee ceiling holds keeper actions
 
 
 @dataclass
@@ -27,11 +33,15 @@ class KeeperReport:
 
 
 class Keeper:
-    def __init__(self, sender: TransactionSender, metrics: Metrics, grace_seconds: int) -> None:
+    def __init__(
+        self, sender: TransactionSender, metrics: Metrics, grace_seconds: int, max_fee: int | None = None
+    ) -> None:
         self._sender = sender
         self._client: MarketClient = sender.client
         self._metrics = metrics
         self._grace = grace_seconds  # the contract's timestep
+        self._max_fee = max_fee  # wei per gas; None: no ceiling
+        self._held_warnings = ThrottledWarnings(_LOGGER, every=HELD_WARN_EVERY)
         self.closed: dict[int, int] = {}  # closed connection id -> closedAt, from ConnectionClosed
 
     async def track_closed(self, connection_id: int, closed_at: int, *, check: bool) -> None:
@@ -79,7 +89,18 @@ class Keeper:
             return False
         except NodeRefused as err:
             return self._failed(action, item_id, f"the node will not estimate it ({err})")
-        _nonce, tx_hash, raw = await self._sender.sign(function, int(estimate * GAS_MARGIN))
+        fees = await self._client.fees()
+        if self._max_fee is not None and fees.max_fee > self._max_fee:
+            self._held_warnings.warn(
+                "max_fee",
+                "keeper: the chain asks a max fee of %s gwei, above --max-fee %s gwei: finalize and release "
+                "wait until it falls",
+                gwei(fees.max_fee), gwei(self._max_fee),
+            )  # fmt: skip
+            _LOGGER.debug("%s %d held by --max-fee", action, item_id)
+            self._metrics.keeper_actions.labels(action, "held").inc()
+            return False
+        _nonce, tx_hash, raw = await self._sender.sign(function, int(estimate * GAS_MARGIN), fees)
         try:
             await self._client.send_raw(raw)
         except NodeRefused as err:

@@ -27,11 +27,10 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 
 from web3.types import TxReceipt
 
-from oracle.chain import ContractRejected, Fees, MarketClient, NodeRefused, SkipReason
+from oracle.chain import ContractRejected, Fees, MarketClient, NodeRefused, SkipReason, gwei
 from oracle.ingest import Ingest
 from oracle.metrics import Metrics
 from oracle.store import Batch, ReadingStore, StoredReading
@@ -345,8 +344,3 @@ class Relayer:
         report.settled += len(settled)
         report.skipped += len(skipped)
         _LOGGER.info("settle tx %s: %d settled, %d skipped, gas %d", tx_hash, len(settled), len(skipped), gas_used)
-
-
-def gwei(wei: int) -> str:
-    """An amount in wei per gas as gwei, exactly: 25, 1.5, 0.000000001."""
-    return f"{Decimal(wei) / 10**9:f}"

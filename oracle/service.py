@@ -97,7 +97,7 @@ class OracleService:
         domain = Domain(chain_id, config.contract)
         ingest = self._ingest = Ingest(domain, self.store, self.view, self.metrics)
         sender = TransactionSender(self.client, config.relayer_key.account, confirmations)
-        self.keeper = Keeper(sender, self.metrics, grace)
+        self.keeper = Keeper(sender, self.metrics, grace, config.max_fee)
         wait_seconds = max(5.0, min(float(self.timestep), 120.0))
         self.relayer = Relayer(
             sender, self.store, ingest, self.metrics, config.gas_budget, wait_seconds, config.replace_after,

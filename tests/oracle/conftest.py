@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -122,6 +123,13 @@ class Oracle:
         status, body = http("GET", self.url + f"/v1/meters/{address}")
         assert status == 200, body
         return dict(body)
+
+    def metric(self, name: str) -> float:
+        """The value of one sample of the oracle's /metrics, e.g. 'x_total{a="b"}'; 0 when absent."""
+        status, text = http("GET", self.url + "/metrics")
+        assert status == 200
+        found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+        return float(found.group(1)) if found else 0.0
 
     def health(self) -> tuple[int, dict[str, Any]]:
         status, body = http("GET", self.url + "/healthz")

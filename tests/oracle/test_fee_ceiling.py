@@ -23,7 +23,7 @@ from devchain.anvil import Anvil
 from devchain.deploy import deploy_market_at
 from oracle.config import ConfigError, load_config
 from oracle.readings import Domain, sign_reading
-from tests.chain import Chain
+from tests.chain import STATUS, Chain
 from tests.oracle.conftest import GRACE, REPO_ROOT, Oracle, funded_account, wait_for
 
 GWEI = 10**9
@@ -96,12 +96,17 @@ def _mine_until_settled(market: Market, oracle: Oracle) -> TxData:
     wait_for(mined, "the settle to be mined and recorded")
     nonce = market.w3.eth.get_transaction_count(market.relayer.address)
     assert nonce == 1  # one settle, one nonce: nothing else was mined for the relayer
+    return _relayer_tx(market)
+
+
+def _relayer_tx(market: Market) -> TxData:
+    """The relayer's latest mined transaction."""
     for number in range(market.w3.eth.block_number, 0, -1):
         block = market.w3.eth.get_block(number, full_transactions=True)
         for tx in cast(list[TxData], block["transactions"]):
             if tx["from"] == market.relayer.address:
                 return tx
-    raise AssertionError("no settle transaction on chain")
+    raise AssertionError("no transaction of the relayer on chain")
 
 
 def test_replacement_is_capped_at_the_ceiling(market: Market, tmp_path: Path) -> None:
@@ -175,6 +180,45 @@ def test_first_send_is_capped_and_mined_once_the_base_fee_falls(market: Market, 
         log = oracle.log.read_text()
         assert "replaced by" not in log
         assert len(_ceiling_warnings(oracle)) == 1
+    finally:
+        oracle.stop()
+
+
+def test_keeper_waits_while_the_chain_asks_more_than_the_ceiling(market: Market, tmp_path: Path) -> None:
+    # An offer whose bidding is over, with a bid: the keeper's finalize is due.
+    chain, buyer, seller = market.chain, market.chain.accounts[1], market.chain.accounts[2]
+    market.rpc("evm_setAutomine", True)
+    chain.settle(chain.sign(market.meter, 1000, chain.now()))  # a bid needs a meter that has reported
+    offer_id = chain.create_offer(seller, 500, 10**12, 60)
+    chain.place_bid(offer_id, buyer, market.meter.address, 10**12)
+    chain.travel(120)
+    market.rpc("evm_setAutomine", False)
+    market.set_base_fee(50 * GWEI)  # the node's max fee: 101 gwei
+    oracle = market.oracle(tmp_path, "--max-fee", "20")
+    held = 'energykart_oracle_keeper_actions_total{action="finalize",outcome="held"}'
+    try:
+        wait_for(lambda: oracle.metric(held) >= 3, "three keeper rounds held by the ceiling")
+        warnings = [line for line in oracle.log.read_text().splitlines() if " WARNING " in line and "keeper:" in line]
+        assert len(warnings) == 1, warnings
+        assert "the chain asks a max fee of 101 gwei, above --max-fee 20 gwei: finalize and release wait" in warnings[0]
+        # Nothing was sent: no keeper transaction waits in the pool ahead of the settles.
+        assert market.w3.eth.get_transaction_count(market.relayer.address, "pending") == 0
+        assert STATUS[chain.offer(offer_id)["status"]] == "Bidding"
+
+        market.set_base_fee(GWEI)  # the node's max fee: 3 gwei
+
+        def finalized() -> bool:
+            market.rpc("evm_mine")
+            return bool(STATUS[chain.offer(offer_id)["status"]] == "Active")
+
+        wait_for(finalized, "the keeper to finalize once the fee is within the ceiling")
+        assert market.w3.eth.get_transaction_count(market.relayer.address) == 1
+        tx = _relayer_tx(market)
+        # The node's fees, not the ceiling: twice a base fee of at most 1 gwei (empty blocks lower it) plus the tip.
+        assert TIP < tx["maxFeePerGas"] <= 3 * GWEI
+        assert tx["maxPriorityFeePerGas"] == TIP
+        done = 'energykart_oracle_keeper_actions_total{action="finalize",outcome="done"}'
+        wait_for(lambda: oracle.metric(done) == 1, "the keeper to count its finalize")
     finally:
         oracle.stop()
 

@@ -8,7 +8,6 @@ than a lone one.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
 
 import aiohttp
@@ -22,7 +21,7 @@ from oracle.config import MIN_GAS_BUDGET
 from oracle.readings import SignedReading
 from oracle.transactions import GAS_MARGIN
 from tests.chain import STATUS, Chain
-from tests.oracle.conftest import GRACE, Oracle, http, make_chain
+from tests.oracle.conftest import GRACE, Oracle, make_chain
 
 PRICE = 10**15
 ANVIL_GAS_LIMIT = 30_000_000  # anvil's default
@@ -48,14 +47,6 @@ def settle_gas(chain: Chain, *readings: SignedReading) -> int:
 
 def release_gas(chain: Chain, connection_id: int) -> int:
     return int(chain.market.functions.release(connection_id).estimate_gas({"from": chain.accounts[-1]}))
-
-
-def metric(oracle: Oracle, name: str) -> float:
-    """The value of one sample of the oracle's /metrics, e.g. 'x_total{a="b"}'; 0 when absent."""
-    status, text = http("GET", oracle.url + "/metrics")
-    assert status == 200
-    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
 
 
 def warnings_about(oracle: Oracle, what: str) -> list[str]:
@@ -96,8 +87,8 @@ def test_reading_the_node_refuses_waits_while_the_others_settle(
     # Still refused next round: it waits again, and its meter is not warned about twice in a row.
     assert oracle.tick()["relayer"]["deferred"] == 1
     assert len(warnings_about(oracle, busy.address)) == 1
-    assert metric(oracle, "energykart_oracle_readings_deferred_total") == 2
-    assert metric(oracle, "energykart_oracle_rpc_errors_total") == 0  # no round failed
+    assert oracle.metric("energykart_oracle_readings_deferred_total") == 2
+    assert oracle.metric("energykart_oracle_rpc_errors_total") == 0  # no round failed
 
     set_block_gas_limit(chain, ANVIL_GAS_LIMIT)  # the cause goes away
     relayer = oracle.tick()["relayer"]
@@ -151,8 +142,8 @@ def test_keeper_action_the_node_refuses_does_not_stop_the_others(
     set_block_gas_limit(chain, limit)
     assert oracle.tick()["keeper"]["released"] == [second]
     assert len(warnings_about(oracle, f"release {heavy} failed")) == 2
-    assert metric(oracle, 'energykart_oracle_keeper_actions_total{action="release",outcome="failed"}') == 2
-    assert metric(oracle, "energykart_oracle_rpc_errors_total") == 0
+    assert oracle.metric('energykart_oracle_keeper_actions_total{action="release",outcome="failed"}') == 2
+    assert oracle.metric("energykart_oracle_rpc_errors_total") == 0
 
     set_block_gas_limit(chain, ANVIL_GAS_LIMIT)
     assert oracle.tick()["keeper"]["released"] == [heavy]

@@ -221,9 +221,13 @@ async def test_a_connection_is_billed_from_the_sdm630_to_the_wei(
     assert code == 0, err
     assert oracle.tick()["relayer"]["settled"] == 1
     # The gateway stamps readings with its clock, so the award happens in real time: a bidding
-    # window of one second, over once the chain has mined a later block.
-    offer = chain.create_offer(seller, 5_000, PRICE, 1)
-    chain.place_bid(offer, buyer, key.address, PRICE)
+    # window of two seconds, the offer and the bid in blocks one second apart (pinned, so that a busy
+    # machine cannot let the window pass between them), over once the chain has mined a later block.
+    start = max(chain.now() + 1, int(time.time()))
+    created = chain.tx_at(start, chain.market.functions.createOffer(5_000, PRICE, 2), seller)
+    offer = int(chain.events(created, "OfferCreated")[0]["id"])
+    bid = chain.market.functions.bid(offer, PRICE, key.address)
+    chain.tx_at(start + 1, bid, buyer, chain.escrow_for(offer, PRICE))
     ends = chain.offer(offer)["biddingEnds"]
     while chain.now() <= ends:
         await asyncio.sleep(0.25)
